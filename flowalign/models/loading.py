@@ -1,0 +1,70 @@
+"""Load a pipeline (hub id, local folder or object) and wrap it in its family's ``FlowModel``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from flowalign.errors import UnsupportedModelError
+from flowalign.models.base import FlowModel
+
+#: diffusers pipeline class name → "module:Adapter"
+ADAPTERS: dict[str, str] = {
+    "StableDiffusion3Pipeline": "flowalign.models.sd3:SD3Model",
+    "FluxPipeline": "flowalign.models.flux:FluxModel",
+    "WanPipeline": "flowalign.models.wan:WanModel",
+}
+
+
+def adapter_class(pipeline_class_name: str) -> type[FlowModel]:
+    if pipeline_class_name not in ADAPTERS:
+        raise UnsupportedModelError(
+            f"unsupported pipeline family {pipeline_class_name!r}; supported: {', '.join(ADAPTERS)}"
+        )
+    module, name = ADAPTERS[pipeline_class_name].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not os.path.isabs(path)
+
+
+def pipeline_class_name(path: str | os.PathLike) -> str:
+    """The ``_class_name`` in a local pipeline folder's model_index.json, with clear errors."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"pipeline folder {str(folder)!r} does not exist")
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise UnsupportedModelError(
+            f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json"
+        )
+    try:
+        return json.loads(index.read_text())["_class_name"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise UnsupportedModelError(f"{index} is not a valid model_index.json ({err})") from err
+
+
+def load_pipeline(path: str | os.PathLike, torch_dtype: torch.dtype = torch.float32, **kwargs) -> DiffusionPipeline:
+    """``from_pretrained`` on a local folder or a hub id, checking the family before any weight loads."""
+    path_str = str(path)
+    if Path(path_str).exists() or not _looks_like_hub_id(path_str):
+        cls = adapter_class(pipeline_class_name(path_str)).pipeline_class
+        return cls.from_pretrained(path_str, torch_dtype=torch_dtype, **kwargs)
+    pipeline = DiffusionPipeline.from_pretrained(path_str, torch_dtype=torch_dtype, **kwargs)
+    adapter_class(type(pipeline).__name__)
+    return pipeline
+
+
+def load_model(pipeline: str | os.PathLike | DiffusionPipeline, *, device: str | torch.device | None = None,
+               torch_dtype: torch.dtype = torch.float32, **adapter_kwargs) -> FlowModel:
+    """Wrap a pipeline object, a local pipeline folder or a hub id in its family's adapter."""
+    if not isinstance(pipeline, DiffusionPipeline):
+        pipeline = load_pipeline(pipeline, torch_dtype=torch_dtype)
+    return adapter_class(type(pipeline).__name__)(pipeline, device=device, **adapter_kwargs)

@@ -1,0 +1,62 @@
+"""Stable Diffusion 3 / 3.5 (MMDiT) on ``StableDiffusion3Pipeline``.
+
+Latents: (B, C, H/f, W/f) with f the VAE scale factor. Timestep given to the transformer: σ·1000.
+"""
+
+from __future__ import annotations
+
+from diffusers import StableDiffusion3Pipeline
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+from torch import Tensor
+
+from flowalign.models.base import FlowModel, Geometry
+
+
+class SD3Model(FlowModel):
+    family = "sd3"
+    pipeline_class = StableDiffusion3Pipeline
+
+    def __init__(self, pipeline: StableDiffusion3Pipeline, device=None, max_sequence_length: int = 256):
+        super().__init__(pipeline, device)
+        self.max_sequence_length = max_sequence_length
+
+    def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
+            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+        )
+        return {"prompt_embeds": embeds.to(self.dtype), "pooled_prompt_embeds": pooled.to(self.dtype)}
+
+    def latent_shape(self, geometry: Geometry) -> tuple[int, ...]:
+        f = self.pipeline.vae_scale_factor
+        return (self.transformer.config.in_channels, geometry.height // f, geometry.width // f)
+
+    def schedule(self, num_steps: int, geometry: Geometry) -> Tensor:
+        config = self.pipeline.scheduler.config
+        if not config.get("use_dynamic_shifting", False):
+            return self._scheduler_sigmas(num_steps)
+        _, h, w = self.latent_shape(geometry)
+        patch = self.transformer.config.patch_size
+        mu = calculate_shift(
+            (h // patch) * (w // patch),
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.16),
+        )
+        return self._scheduler_sigmas(num_steps, mu=mu)
+
+    def _forward(self, x, timestep, tensors, geometry, guidance_scale):
+        return self.transformer(
+            hidden_states=x,
+            timestep=timestep,
+            encoder_hidden_states=tensors["prompt_embeds"],
+            pooled_projections=tensors["pooled_prompt_embeds"],
+            return_dict=False,
+        )[0]
+
+    def decode(self, x: Tensor, geometry: Geometry) -> Tensor:
+        vae = self.pipeline.vae
+        latents = x.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,6 @@
+"""Tiny offline pipelines for tests, benchmarks and the toy world (no network, seeded random weights)."""
+
+from flowalign.models.tiny.sd3 import tiny_sd3_pipeline, tiny_vae
+from flowalign.models.tiny.text import tiny_clip_text_encoder, tiny_t5_encoder
+
+__all__ = ["tiny_clip_text_encoder", "tiny_sd3_pipeline", "tiny_t5_encoder", "tiny_vae"]

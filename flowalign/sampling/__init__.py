@@ -1,0 +1,18 @@
+"""Sampling: SDE/ODE dynamics with exact log-probs, σ schedules and batched rollouts."""
+
+from flowalign.sampling.dynamics import DYNAMICS, DynamicsConfig, StepResult, gaussian_log_prob, kl_divergence, step
+from flowalign.sampling.rollout import Trajectory, recompute_log_probs, rollout
+from flowalign.sampling.schedule import SDEWindow
+
+__all__ = [
+    "DYNAMICS",
+    "DynamicsConfig",
+    "SDEWindow",
+    "StepResult",
+    "Trajectory",
+    "gaussian_log_prob",
+    "kl_divergence",
+    "recompute_log_probs",
+    "rollout",
+    "step",
+]

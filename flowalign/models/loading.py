@@ -35,8 +35,8 @@ def _looks_like_hub_id(path: str) -> bool:
     return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not os.path.isabs(path)
 
 
-def pipeline_class_name(path: str | os.PathLike) -> str:
-    """The ``_class_name`` in a local pipeline folder's model_index.json, with clear errors."""
+def read_model_index(path: str | os.PathLike) -> dict:
+    """A local pipeline folder's model_index.json, with clear errors."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"pipeline folder {str(folder)!r} does not exist")
@@ -46,18 +46,23 @@ def pipeline_class_name(path: str | os.PathLike) -> str:
             f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json"
         )
     try:
-        return json.loads(index.read_text())["_class_name"]
+        content = json.loads(index.read_text())
+        content["_class_name"]
     except (json.JSONDecodeError, KeyError) as err:
         raise UnsupportedModelError(f"{index} is not a valid model_index.json ({err})") from err
+    return content
 
 
 def load_pipeline(path: str | os.PathLike, torch_dtype: torch.dtype = torch.float32, **kwargs) -> DiffusionPipeline:
     """``from_pretrained`` on a local folder or a hub id, checking the family before any weight loads."""
     path_str = str(path)
     if Path(path_str).exists() or not _looks_like_hub_id(path_str):
-        cls = adapter_class(pipeline_class_name(path_str)).pipeline_class
-        return cls.from_pretrained(path_str, torch_dtype=torch_dtype, **kwargs)
-    pipeline = DiffusionPipeline.from_pretrained(path_str, torch_dtype=torch_dtype, **kwargs)
+        index = read_model_index(path_str)
+        cls = adapter_class(index["_class_name"]).pipeline_class
+        # components saved as [null, null] (e.g. SD3 without T5) must be passed as None explicitly
+        absent = {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
+        return cls.from_pretrained(path_str, dtype=torch_dtype, **{**absent, **kwargs})
+    pipeline = DiffusionPipeline.from_pretrained(path_str, dtype=torch_dtype, **kwargs)
     adapter_class(type(pipeline).__name__)
     return pipeline
 

@@ -144,6 +144,20 @@ def kl_divergence(mean: Tensor, ref_mean: Tensor, std: Tensor, reduction: str = 
     return torch.where(std > 0, reduce_over_sample(per_dim, reduction), torch.zeros_like(std))
 
 
+def gaussian_log_ratio(sample: Tensor, mean: Tensor, old_mean: Tensor, std: Tensor, reduction: str = "mean") -> Tensor:
+    """log N(x'; μ, s²) − log N(x'; μ_old, s²) without forming either log-density → (B,); 0 where std == 0.
+
+    Written as Σ (μ − μ_old)·(2x' − μ − μ_old) / (2s²), which avoids the cancellation of two large sums
+    (with ``sum`` reduction each log-density is O(D) and float32 would lose ~1e-4 in their difference).
+    """
+    std_b = _expand(std, mean)
+    safe = torch.where(std_b > 0, std_b, torch.ones_like(std_b))
+    x = sample.detach().float()
+    old = old_mean.detach().float()
+    per_dim = (mean - old) * (2 * x - mean - old) / (2 * safe**2)
+    return torch.where(std > 0, reduce_over_sample(per_dim, reduction), torch.zeros_like(std))
+
+
 def step(
     config: DynamicsConfig,
     velocity: Tensor,

@@ -1,0 +1,114 @@
+"""Rollouts: log-prob recompute is on-policy exact, SDE windows branch a shared prefix, errors are clear."""
+
+import pytest
+import torch
+
+from flowalign.errors import ConfigError
+from flowalign.sampling import DynamicsConfig, SDEWindow, make_generators, recompute_log_probs, rollout
+from flowalign.sampling.dynamics import gaussian_log_ratio
+
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+def run(model, *, group_size=2, window=None, share=False, guidance=1.0, reduction="mean", steps=4, name="flow_sde"):
+    cond = model.encode_prompts(PROMPTS, with_negative=guidance > 1)
+    return rollout(model, cond, model.default_geometry(), num_steps=steps,
+                   dynamics=DynamicsConfig(name, 0.7, reduction), generators=make_generators(range(2 * group_size)),
+                   group_size=group_size, window=window, share_initial_noise=share, guidance_scale=guidance)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_recomputed_log_probs_are_on_policy(sd3_model, guidance, chunk):
+    """|log ratio| < 1e-5 (float32, mean reduction), also when the recompute batch differs from the rollout's."""
+    traj = run(sd3_model, guidance=guidance)
+    cond = sd3_model.encode_prompts(traj.prompts, with_negative=guidance > 1)
+    samples, steps = traj.trainable_pairs()
+    chunk = chunk or len(samples)
+    for start in range(0, len(samples), chunk):
+        s, t = samples[start : start + chunk], steps[start : start + chunk]
+        result = recompute_log_probs(sd3_model, traj, cond, s, t)
+        assert (result.log_prob - traj.log_probs[s, t]).abs().max() < 1e-5
+        ratio = gaussian_log_ratio(result.sample, result.mean, traj.means[s, t], result.std, "sum")
+        assert ratio.abs().max() < 1e-3  # sum over D=1024 dims of float32 rounding in μ
+
+
+def test_recompute_has_gradients_for_the_transformer(sd3_model):
+    traj = run(sd3_model)
+    samples, steps = traj.trainable_pairs()
+    result = recompute_log_probs(sd3_model, traj, sd3_model.encode_prompts(traj.prompts), samples[:3], steps[:3])
+    result.log_prob.sum().backward()
+    grads = [p.grad for p in sd3_model.transformer.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    sd3_model.transformer.zero_grad(set_to_none=True)
+
+
+def test_sde_window_shares_the_prefix_and_branches(sd3_model):
+    steps, group = 6, 4
+    sd3_model.transformer_calls = 0
+    rows = []
+    original = sd3_model._forward
+    sd3_model._forward = lambda x, *a: rows.append(x.shape[0]) or original(x, *a)
+    try:
+        traj = run(sd3_model, group_size=group, window=SDEWindow(2, 2), share=True, steps=steps)
+    finally:
+        del sd3_model._forward
+    assert traj.trainable.tolist() == [False, False, True, True, False, False]
+    # the two ODE steps before the window run once per prompt (2 rows), the rest once per sample (8 rows)
+    assert rows == [2, 2, 8, 8, 8, 8]
+    lat = traj.latents.view(2, group, steps + 1, -1)
+    for t in range(3):  # x_0, x_1, x_2 (the input of the first window step) are shared in each group
+        assert torch.equal(lat[:, :1, t].expand_as(lat[:, :, t]), lat[:, :, t])
+    for t in range(3, steps + 1):
+        assert not torch.equal(lat[:, 0, t], lat[:, 1, t])
+    assert (traj.log_probs[:, ~traj.trainable] == 0).all()
+    assert (traj.stds[:, traj.trainable] > 0).all()
+
+
+def test_without_sharing_group_members_differ_from_the_start(sd3_model):
+    traj = run(sd3_model, group_size=2)
+    assert not torch.equal(traj.latents[0, 0], traj.latents[1, 0])
+    assert traj.trainable.all()
+
+
+def test_samples_depend_only_on_their_seed(sd3_model):
+    """Sample i is the same whether it is rolled out alone or in a batch (per-sample generators)."""
+    cond = sd3_model.encode_prompts(PROMPTS)
+    geometry, dyn = sd3_model.default_geometry(), DynamicsConfig("flow_sde", 0.7)
+    both = rollout(sd3_model, cond, geometry, num_steps=3, dynamics=dyn, generators=make_generators([5, 9]))
+    alone = rollout(sd3_model, cond.select([1]), geometry, num_steps=3, dynamics=dyn, generators=make_generators([9]))
+    torch.testing.assert_close(alone.latents[0], both.latents[1], rtol=0, atol=1e-5)
+
+
+def test_cps_last_step_is_not_trainable(sd3_model):
+    traj = run(sd3_model, name="cps")
+    assert traj.trainable.tolist() == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "num_steps must be >= 1"),
+        ({"group_size": 0}, "group_size must be >= 1"),
+        ({"window": SDEWindow(3, 2)}, r"SDE window \[3, 5\) does not fit in 4"),
+    ],
+)
+def test_bad_rollout_arguments(sd3_model, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        run(sd3_model, **kwargs)
+
+
+def test_generator_count_must_match_batch(sd3_model):
+    cond = sd3_model.encode_prompts(PROMPTS)
+    with pytest.raises(ConfigError, match="need one generator per sample: 2 prompts × 2 = 4, got 3"):
+        rollout(sd3_model, cond, sd3_model.default_geometry(), num_steps=2, dynamics=DynamicsConfig(),
+                generators=make_generators(range(3)), group_size=2)
+
+
+def test_random_window_fits():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        window = SDEWindow.random(10, 3, low=1, high=5, generator=gen)
+        assert 1 <= window.start <= 5 and window.mask(10).sum() == 3
+    with pytest.raises(ConfigError, match="cannot place an SDE window of 4"):
+        SDEWindow.random(3, 4)

@@ -1,0 +1,130 @@
+"""SD3 adapter: our Euler loop == StableDiffusion3Pipeline's own output; loading and input errors."""
+
+import json
+
+import pytest
+import torch
+
+from flowalign.errors import ConfigError, UnsupportedModelError
+from flowalign.models import Geometry, load_model
+from flowalign.models.sd3 import SD3Model
+from flowalign.models.tiny import tiny_sd3_pipeline
+from flowalign.sampling import DynamicsConfig, make_generators, rollout
+
+PROMPTS = ["a red circle", "two blue squares left of a green triangle"]
+
+
+def pipeline_latents(pipe, steps, seeds, **kwargs):
+    out = pipe(PROMPTS, num_inference_steps=steps, generator=make_generators(seeds), output_type="latent", **kwargs)
+    return out.images
+
+
+@pytest.mark.parametrize("name", ["ode", "flow_sde", "dance_sde", "cps"])
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_noise_level_zero_reproduces_the_pipeline(sd3_model, tiny_sd3, name, guidance):
+    """Tolerance: exact without CFG. With CFG 1e-5: the prompt cache encodes the shared negative "" once
+    (batch of 1) where the pipeline encodes it per prompt, and CLIP's float32 output depends on batch size
+    at the 1e-7 level."""
+    expected = pipeline_latents(tiny_sd3, 4, [3, 7], guidance_scale=guidance)
+    cond = sd3_model.encode_prompts(PROMPTS, with_negative=guidance > 1)
+    traj = rollout(sd3_model, cond, sd3_model.default_geometry(), num_steps=4,
+                   dynamics=DynamicsConfig(name, 0.0), generators=make_generators([3, 7]), guidance_scale=guidance)
+    if guidance == 1.0:
+        assert torch.equal(traj.final, expected)
+    else:
+        torch.testing.assert_close(traj.final, expected, rtol=0, atol=1e-5)
+    assert not traj.trainable.any()
+
+
+def test_resolution_dependent_shift_matches_the_pipeline():
+    pipe = tiny_sd3_pipeline(seed=1, use_dynamic_shifting=True)
+    model = SD3Model(pipe)
+    geometry = Geometry(48, 32)
+    expected = pipe(PROMPTS, height=48, width=32, num_inference_steps=3, guidance_scale=1.0,
+                    generator=make_generators([0, 1]), output_type="latent").images
+    traj = rollout(model, model.encode_prompts(PROMPTS), geometry, num_steps=3, dynamics=DynamicsConfig("ode", 0.0),
+                   generators=make_generators([0, 1]))
+    assert torch.equal(traj.final, expected)
+    no_shift = SD3Model(tiny_sd3_pipeline(seed=1)).schedule(3, geometry)
+    assert not torch.allclose(model.schedule(3, geometry), no_shift)
+
+
+def test_with_t5_text_encoder_matches_the_pipeline():
+    pipe = tiny_sd3_pipeline(seed=2, with_t5=True)
+    model = SD3Model(pipe)
+    expected = pipeline_latents(pipe, 2, [0, 1], guidance_scale=1.0)
+    traj = rollout(model, model.encode_prompts(PROMPTS), model.default_geometry(), num_steps=2,
+                   dynamics=DynamicsConfig("ode", 0.0), generators=make_generators([0, 1]))
+    assert torch.equal(traj.final, expected)
+
+
+def test_decode_gives_pixels_in_unit_range(sd3_model):
+    geometry = sd3_model.default_geometry()
+    x = sd3_model.initial_noise(geometry, make_generators([0, 1]))
+    with torch.no_grad():
+        pixels = sd3_model.decode(x, geometry)
+    assert pixels.shape == (2, 3, geometry.height, geometry.width)
+    assert pixels.dtype == torch.float32 and pixels.min() >= 0 and pixels.max() <= 1
+
+
+def test_prompt_cache_encodes_each_prompt_once(sd3_model, monkeypatch):
+    calls = []
+    original = sd3_model._encode
+    monkeypatch.setattr(sd3_model, "_encode", lambda prompts: calls.append(list(prompts)) or original(prompts))
+    first = sd3_model.encode_prompts(PROMPTS + PROMPTS[:1])
+    again = sd3_model.encode_prompts(PROMPTS[::-1])
+    assert calls == [PROMPTS]
+    assert torch.equal(first.tensors["prompt_embeds"][1], again.tensors["prompt_embeds"][0])
+    assert torch.equal(first.tensors["prompt_embeds"][0], first.tensors["prompt_embeds"][2])
+
+
+def test_saved_pipeline_loads_by_path(tmp_path, tiny_sd3, sd3_model):
+    tiny_sd3.save_pretrained(tmp_path / "pipe")
+    loaded = load_model(tmp_path / "pipe")
+    assert isinstance(loaded, SD3Model)
+    geometry = loaded.default_geometry()
+    x = loaded.initial_noise(geometry, make_generators([0]))
+    with torch.no_grad():
+        v_loaded = loaded.velocity(x, 0.5, loaded.encode_prompts(PROMPTS[:1]), geometry)
+        v_orig = sd3_model.velocity(x, 0.5, sd3_model.encode_prompts(PROMPTS[:1]), geometry)
+    assert torch.equal(v_loaded, v_orig)
+
+
+def test_missing_pipeline_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist.*does not exist"):
+        load_model(tmp_path / "does-not-exist")
+
+
+def test_folder_without_model_index_is_rejected(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="no model_index.json"):
+        load_model(tmp_path)
+
+
+def test_unsupported_family_is_rejected(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(UnsupportedModelError, match="unsupported pipeline family 'StableDiffusionPipeline'"):
+        load_model(tmp_path)
+
+
+def test_wrong_pipeline_object_for_adapter(tiny_sd3):
+    from flowalign.models.flux import FluxModel
+
+    with pytest.raises(ConfigError, match="FluxModel needs a FluxPipeline, got StableDiffusion3Pipeline"):
+        FluxModel(tiny_sd3)
+
+
+def test_mismatched_negative_prompts_are_rejected(sd3_model):
+    with pytest.raises(ConfigError, match="got 2 prompts but 3 negative prompts"):
+        sd3_model.encode_prompts(PROMPTS, ["", "", ""])
+
+
+def test_empty_prompt_list_is_rejected(sd3_model):
+    with pytest.raises(ConfigError, match="prompts is empty"):
+        sd3_model.encode_prompts([])
+
+
+def test_cfg_without_negative_embeddings_is_rejected(sd3_model):
+    geometry = sd3_model.default_geometry()
+    x = sd3_model.initial_noise(geometry, make_generators([0]))
+    with pytest.raises(ConfigError, match="needs negative-prompt embeddings"):
+        sd3_model.velocity(x, 0.5, sd3_model.encode_prompts(PROMPTS[:1]), geometry, guidance_scale=3.0)

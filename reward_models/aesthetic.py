@@ -1,0 +1,91 @@
+"""LAION aesthetic predictor v2 ("improved-aesthetic-predictor"): MLP on CLIP ViT-L/14 image embeddings.
+
+``score = MLP(e / ‖e‖)`` where ``e`` is the projected CLIP image embedding (768-d for ViT-L/14).
+The head is the published ``sac+logos+ava1-l14-linearMSE.pth`` state dict: ``layers.{0,2,4,6,7}``
+Linear stack 768→1024→128→64→16→1 (dropouts at 1, 3, 5; no activations). Scores ≈ 1–10 (AVA scale).
+Preprocessing (OpenAI CLIP's): bicubic shortest-edge 224, center crop 224, OpenAI mean/std, in torch.
+Differentiable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+from reward_models.base import RewardModel, RewardOutput, RewardSpec, register_reward
+from reward_models.clip_common import load_clip_model, read_image_transform
+from reward_models.hub import load_checked, load_state_dict_file, resolve_file
+from reward_models.preprocess import ImageTransform
+
+DEFAULT_AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
+#: a hub mirror of the head from github.com/christophschuhmann/improved-aesthetic-predictor
+DEFAULT_AESTHETIC_HEAD = "camenduru/improved-aesthetic-predictor"
+AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+
+
+class AestheticHead(torch.nn.Module):
+    """The published MLP (keys ``layers.0/2/4/6/7``); ``embed_dim`` is 768 for the real head."""
+
+    def __init__(self, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(embed_dim, 1024), torch.nn.Dropout(0.2),
+            torch.nn.Linear(1024, 128), torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64), torch.nn.Dropout(0.1),
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1),
+        )
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        return self.layers(embeds)
+
+
+@register_reward("aesthetic")
+class AestheticScore(RewardModel):
+    spec = RewardSpec(name="aesthetic", modality="image", needs_prompt=False, differentiable=True,
+                      nominal_range=(0.0, 10.0))
+
+    def __init__(self, clip: CLIPModel, head: AestheticHead, transform: ImageTransform | None = None) -> None:
+        super().__init__()
+        self.clip = clip.eval()
+        self.head = head.eval()
+        self.transform = transform or ImageTransform(size=int(clip.config.vision_config.image_size))
+
+    @classmethod
+    def from_pretrained(cls, clip: str | os.PathLike = DEFAULT_AESTHETIC_CLIP,
+                        head: str | os.PathLike = DEFAULT_AESTHETIC_HEAD,
+                        torch_dtype: torch.dtype = torch.float32, device: str | None = None) -> "AestheticScore":
+        """``clip``: transformers CLIP folder/hub id; ``head``: the .pth file, a folder or hub repo holding it."""
+        model = load_clip_model(clip, torch_dtype)
+        mlp = cls.load_head(head, model.config.projection_dim)
+        transform = read_image_transform(clip, model.config.vision_config.image_size)
+        return cls(model, mlp, transform).to(device or "cpu")
+
+    @staticmethod
+    def load_head(head: str | os.PathLike, embed_dim: int = 768) -> AestheticHead:
+        path = resolve_file(head, AESTHETIC_HEAD_FILE)
+        mlp = AestheticHead(embed_dim)
+        load_checked(mlp, load_state_dict_file(path), repr(str(path)))
+        return mlp.eval()
+
+    @classmethod
+    def from_config(cls, config: CLIPConfig) -> "AestheticScore":
+        """Random weights of the given CLIP architecture and a matching head (tests)."""
+        return cls(CLIPModel(config), AestheticHead(config.projection_dim))
+
+    @classmethod
+    def create(cls, **kwargs) -> "AestheticScore":
+        return cls.from_pretrained(**kwargs)
+
+    def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None, metadata=None) -> RewardOutput:
+        self.check_inputs(images, prompts, metadata)
+        dtype = self.clip.visual_projection.weight.dtype
+        pixels = self.transform(images.to(self.clip.device, torch.float32)).to(dtype)
+        feats = self.clip.get_image_features(pixel_values=pixels)
+        feats = getattr(feats, "pooler_output", feats).float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        scores = self.head(feats.to(self.head.layers[0].weight.dtype)).float().squeeze(-1)
+        return RewardOutput.from_scores(scores.to(images.device))

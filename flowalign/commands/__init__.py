@@ -1,0 +1,1 @@
+"""Sub-commands of the ``flowalign`` CLI; each module exposes ``add_parser(subparsers)``."""

@@ -1,0 +1,51 @@
+"""Atomic file output: write to a temporary file beside the target, then rename over it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) float in [0, 1] → RGB PIL image."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        to_pil(image).save(tmp, format="PNG")
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int) -> None:
+    """Images (N, 3, H, W) in [0, 1] as one PNG with ``nrow`` images per row."""
+    save_png(make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0), path)

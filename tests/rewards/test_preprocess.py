@@ -1,8 +1,8 @@
 """The torch transforms against the originals: torchvision/open_clip tensor ops to 1e-5, PIL loosely.
 
 PIL resizes uint8 images with its own bicubic filter (a = −0.5, vs −0.75 in torch) and rounds to
-uint8, so PIL references agree only to a few gray levels: we require mean |Δ| < 0.02 and
-max |Δ| < 0.25 in normalized units (1/255 ≈ 0.015 after dividing by std ≈ 0.27).
+uint8, so PIL references agree only to about a gray level (measured: mean 0.004, max 0.016 on the
+smooth test image); we require mean |Δ| < 0.01 and max |Δ| < 0.05 in normalized units (1/255 ≈ 0.015).
 """
 
 import numpy as np
@@ -14,7 +14,7 @@ from PIL import Image
 
 from reward_models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform, shortest_edge_size
 
-PIL_MEAN_TOL, PIL_MAX_TOL = 0.02, 0.25
+PIL_MEAN_TOL, PIL_MAX_TOL = 0.01, 0.05
 
 
 def _big_image(height=300, width=420) -> torch.Tensor:

@@ -141,7 +141,8 @@ class RewardModel(torch.nn.Module):
             raise FlowAlignError(f"reward {name!r}: images must have 3 channels at dim -3, got shape {tuple(images.shape)}")
         if self.spec.modality != "any" and kind != self.spec.modality:
             hint = " (wrap it in reward_models.video.VideoReward to score videos)" if kind == "video" else ""
-            raise FlowAlignError(f"reward {name!r} scores {self.spec.modality}s but got a {kind} batch "
+            article = "an" if kind == "image" else "a"
+            raise FlowAlignError(f"reward {name!r} scores {self.spec.modality}s but got {article} {kind} batch "
                                  f"of shape {tuple(images.shape)}{hint}")
         if images.numel():
             lo, hi = images.detach().aminmax()

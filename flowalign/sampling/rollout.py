@@ -160,3 +160,28 @@ def recompute_log_probs(
     guidance = trajectory.guidance_scale if guidance_scale is None else guidance_scale
     v = model.velocity(x, sigma, cond.select(sample_idx.cpu()), trajectory.geometry, guidance)
     return step(dynamics or trajectory.dynamics, v, x, sigma, sigma_next, prev_sample=x_next)
+
+
+def concat_trajectories(parts: list[Trajectory]) -> Trajectory:
+    """Join trajectories sampled with the same schedule and settings (group ids are renumbered)."""
+    first = parts[0]
+    for part in parts[1:]:
+        if not torch.equal(part.sigmas, first.sigmas) or not torch.equal(part.trainable, first.trainable):
+            raise ValueError("cannot concatenate trajectories with different σ schedules or trainable steps")
+    offsets, groups = 0, []
+    for part in parts:
+        groups.append(part.group_index + offsets)
+        offsets += int(part.group_index.max()) + 1
+    return Trajectory(
+        latents=torch.cat([p.latents for p in parts]),
+        means=torch.cat([p.means for p in parts]),
+        stds=torch.cat([p.stds for p in parts]),
+        log_probs=torch.cat([p.log_probs for p in parts]),
+        sigmas=first.sigmas,
+        trainable=first.trainable,
+        prompts=[prompt for p in parts for prompt in p.prompts],
+        group_index=torch.cat(groups),
+        geometry=first.geometry,
+        dynamics=first.dynamics,
+        guidance_scale=first.guidance_scale,
+    )

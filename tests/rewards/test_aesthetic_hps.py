@@ -9,7 +9,7 @@ from reward_models.hpsv2 import HPS_FILES, HPSv2
 from reward_models.hub import CheckpointKeyError
 from reward_models.preprocess import ImageTransform
 
-from conftest import TINY_OPEN_CLIP_CFG, tiny_clip_config
+from reward_test_utils import TINY_OPEN_CLIP_CFG, tiny_clip_config
 
 PROMPTS = ["a red circle", "a blue square"]
 

@@ -10,7 +10,7 @@ from reward_models.clipscore import CLIPScore
 from reward_models.hub import CheckpointKeyError
 from reward_models.pickscore import PickScore
 
-from conftest import tiny_clip_config
+from reward_test_utils import tiny_clip_config
 
 PROMPTS = ["a red circle on a white background", "a photo of a cat"]
 
@@ -79,6 +79,17 @@ def test_mismatched_checkpoint_names_keys(clip_folder, tmp_path):
     with pytest.raises(CheckpointKeyError) as err:
         PickScore.from_pretrained(tmp_path, processor=folder)
     assert "visual_projection.weight" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_build_reward_from_config_loads_weights(clip_folder, fixed_images):
+    from reward_models import build_reward
+
+    folder, _ = clip_folder
+    direct = PickScore.from_pretrained(folder, processor=folder)(fixed_images, PROMPTS).scores
+    built = build_reward({"name": "pickscore", "kwargs": {"pretrained": str(folder), "processor": str(folder)}})
+    assert torch.allclose(built(fixed_images, PROMPTS).scores, direct)
+    clip = build_reward({"name": "clipscore", "kwargs": {"pretrained": str(folder)}})
+    assert isinstance(clip, CLIPScore) and clip.spec.differentiable
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):

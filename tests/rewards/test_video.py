@@ -7,7 +7,7 @@ from reward_models.base import RewardModel, RewardOutput, RewardSpec
 from reward_models.pickscore import PickScore
 from reward_models.video import VideoReward, frame_indices
 
-from conftest import tiny_clip_config
+from reward_test_utils import tiny_clip_config
 
 
 class MeanRed(RewardModel):

@@ -20,7 +20,7 @@ _IGNORED_UNEXPECTED = ("position_ids",)
 def load_clip_model(path: str | os.PathLike, torch_dtype: torch.dtype = torch.float32) -> CLIPModel:
     """``CLIPModel.from_pretrained`` (folder or hub id) that fails on missing/unexpected/mismatched keys."""
     try:
-        model, info = CLIPModel.from_pretrained(str(path), torch_dtype=torch_dtype, output_loading_info=True)
+        model, info = CLIPModel.from_pretrained(str(path), dtype=torch_dtype, output_loading_info=True)
     except OSError as err:
         raise FileNotFoundError(f"cannot load a CLIP model from {str(path)!r}: {err}") from err
     missing = sorted(info.get("missing_keys") or [])

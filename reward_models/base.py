@@ -27,8 +27,10 @@ Writing a custom reward::
 
 from __future__ import annotations
 
+import abc
 import difflib
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -103,8 +105,11 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-class RewardModel(torch.nn.Module):
-    """Base class: subclasses set ``spec`` and implement ``forward(images, prompts, metadata=None)``."""
+class RewardModel(torch.nn.Module, metaclass=abc.ABCMeta):
+    """Abstract base class: subclasses set ``spec`` and implement ``forward(images, prompts, metadata=None)``.
+
+    A subclass that does not implement ``forward`` cannot be instantiated (``TypeError``).
+    """
 
     spec: RewardSpec = RewardSpec(name="reward", modality="any", needs_prompt=False)
 
@@ -113,9 +118,11 @@ class RewardModel(torch.nn.Module):
         """Build from config keyword arguments (``build_reward`` calls this); weight loaders override it."""
         return cls(**kwargs)
 
+    @abc.abstractmethod
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None,
-                metadata: Sequence[dict] | None = None) -> RewardOutput:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(images, prompts, metadata)")
+                metadata: Sequence[dict] | None = None) -> RewardOutput:
+        """Score a batch; see the module docstring for the tensor conventions."""
+        raise NotImplementedError(f"{type(self).__name__}.forward calls the abstract RewardModel.forward")
 
     @property
     def device(self) -> torch.device:
@@ -224,6 +231,10 @@ def _instantiate(target: Any, kwargs: Mapping[str, Any], label: str) -> RewardMo
             raise ConfigError(f"reward {label!r} is already an instance; it takes no kwargs, got {sorted(kwargs)}")
         return target
     if isinstance(target, type) and issubclass(target, RewardModel):
+        if inspect.isabstract(target):
+            missing = sorted(getattr(target, "__abstractmethods__", ()))
+            raise ConfigError(f"reward {label!r} resolves to the abstract class {_qualname(target)}, "
+                              f"which does not implement {', '.join(missing)}")
         reward = target.create(**kwargs)
     elif callable(target) and not isinstance(target, type):
         reward = target(**kwargs)

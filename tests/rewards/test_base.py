@@ -80,6 +80,20 @@ def test_duplicate_registration_is_an_error():
         register_reward("test_brightness")(CallableReward)
 
 
+class NoForward(RewardModel):
+    spec = RewardSpec(name="no_forward", modality="image", needs_prompt=False)
+
+
+def test_reward_model_is_abstract():
+    with pytest.raises(TypeError, match="forward"):
+        RewardModel()
+    with pytest.raises(TypeError, match="forward"):
+        NoForward()
+    with pytest.raises(ConfigError, match="abstract class .*NoForward.* does not implement forward"):
+        build_reward(f"{__name__}:NoForward")
+    assert isinstance(Brightness(), RewardModel)
+
+
 def test_check_inputs_errors():
     reward = Brightness()
     with pytest.raises(FlowAlignError, match=r"lie in \[0, 1\]"):

@@ -78,6 +78,9 @@ class FlowModel(ABC):
     pipeline_class: ClassVar[type[DiffusionPipeline]]
     #: number of cached prompt encodings kept (least recently used are dropped)
     prompt_cache_size: int = 4096
+    #: prompts encoded per text-encoder call (None: all missing prompts at once). 1 makes every prompt's
+    #: encoding independent of which prompts it was encoded with (float32 results depend on batch size).
+    encode_batch_size: int | None = None
 
     def __init__(self, pipeline: DiffusionPipeline, device: str | torch.device | None = None):
         if not isinstance(pipeline, self.pipeline_class):
@@ -132,9 +135,11 @@ class FlowModel(ABC):
     @torch.no_grad()
     def _encode_cached(self, prompts: list[str]) -> dict[str, Tensor]:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
-        if missing:
-            encoded = self._encode(missing)
-            for i, prompt in enumerate(missing):
+        size = self.encode_batch_size or max(len(missing), 1)
+        for start in range(0, len(missing), size):
+            chunk = missing[start : start + size]
+            encoded = self._encode(chunk)
+            for i, prompt in enumerate(chunk):
                 self._prompt_cache[prompt] = {k: v[i : i + 1] for k, v in encoded.items()}
         rows = []
         for prompt in prompts:

@@ -1,0 +1,31 @@
+"""``flowalign train CONFIG [key=value ...]``: online RL fine-tuning (also under ``accelerate launch -m flowalign``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="RL fine-tuning from a YAML recipe",
+                              description="Train with a YAML recipe from configs/ and dotted overrides, e.g. "
+                                          "`flowalign train configs/toy_grpo_guard.yaml optim.lr=3e-4`.")
+    p.add_argument("config", help="YAML recipe")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: section.key=value")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from the newest checkpoint of output_dir (or from the given checkpoint folder)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flowalign.config import load_config
+    from flowalign.training.config import TrainConfig
+
+    config = load_config(TrainConfig, args.config, args.overrides)  # errors here, before any model loads
+    from flowalign.training.trainer import Trainer
+
+    summary = Trainer(config, resume=args.resume).run()
+    before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+    for key in sorted(after):
+        print(f"{key}: {before.get(key, float('nan')):.4f} -> {after[key]:.4f}")
+    print(f"outputs in {summary['output_dir']}")
+    return 0

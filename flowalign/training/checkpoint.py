@@ -1,0 +1,107 @@
+"""Atomic, resumable checkpoints: ``<output_dir>/checkpoints/iter-000010/``.
+
+A checkpoint folder is assembled under a temporary name and renamed into place only once complete, so a crash
+never leaves a half-written checkpoint under a real name. It holds:
+``lora/`` (diffusers-format adapter; or ``transformer.safetensors`` for full fine-tuning), ``optimizer.pt``,
+``ema.pt`` (optional), ``algorithm.pt``, ``rng.pt`` and ``state.json`` (iteration, metrics so far).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.json"
+PREFIX = "iter-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or unreadable."""
+
+
+def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(output_dir: str | os.PathLike, iteration: int, write_files, state: dict, keep_last: int) -> Path:
+    """Create checkpoint ``iteration``: ``write_files(tmp_folder)`` writes the payload, then the folder is renamed
+    into place and all but the ``keep_last`` newest checkpoints are removed."""
+    root = checkpoint_dir(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{iteration:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        write_files(tmp)
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for old in list_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | None:
+    """``resume``: None (fresh run), "latest" (newest checkpoint of the run, or fresh if none) or a path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    return path
+
+
+def read_state(folder: Path) -> dict:
+    """state.json of a checkpoint, with a clear error when the checkpoint is corrupt."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {STATE_FILE} is missing")
+    try:
+        state = json.loads(path.read_text())
+        int(state["iteration"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {str(folder)!r} is corrupt: {path.name} unreadable ({err})") from err
+    return state
+
+
+def load_tensor_file(folder: Path, name: str):
+    """torch.load of a checkpoint file, with a clear error naming it."""
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {name} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 — any unpickling/zip failure means a corrupt file
+        raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt ({type(err).__name__}: {err})") from err

@@ -1,0 +1,50 @@
+"""The end-of-run HTML report: reward and held-out curves, per-step ratio statistics, before/after grids."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from flowalign.training.metrics import read_metrics
+from flowalign.training.report import curves_from_metrics, write_report
+
+_STEP_KEY = re.compile(r"^train/(ratio_mean|ratio_std|clip_above|clip_below|grad_mu_norm)/step_(\d+)$")
+
+
+def per_step_table(rows: list[dict]) -> list[dict]:
+    """Average of each per-step statistic over the run, one row per sampling step."""
+    sums: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            match = _STEP_KEY.match(key)
+            if match and value is not None:
+                sums.setdefault(int(match.group(2)), {}).setdefault(match.group(1), []).append(value)
+    table = []
+    for step in sorted(sums):
+        entry = {"step": step}
+        entry.update({k: f"{sum(v) / len(v):.6g}" for k, v in sorted(sums[step].items())})
+        table.append(entry)
+    return table
+
+
+def write_run_report(output_dir: Path, summary: dict) -> Path:
+    rows = read_metrics(output_dir / "logs")
+    eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/")})
+    curves = {
+        "reward": curves_from_metrics(rows, ["reward/mean"]),
+        "held-out (ODE, fixed seeds)": curves_from_metrics(rows, eval_keys),
+        "importance ratio": curves_from_metrics(rows, ["train/ratio_mean", "train/clip_frac_above",
+                                                       "train/clip_frac_below"]),
+        "speed": curves_from_metrics(rows, ["speed/rollout_images_per_s", "speed/train_pairs_per_s"]),
+    }
+    flat = {"iterations": summary.get("iterations")}
+    for key, value in summary.get("eval_before", {}).items():
+        flat[f"before {key}"] = f"{value:.4f}"
+    for key, value in summary.get("eval_after", {}).items():
+        flat[f"after {key}"] = f"{value:.4f}"
+    images = {name: output_dir / f"eval_{tag}.png" for name, tag in
+              (("held-out before training", "before"), ("held-out after training", "after"))
+              if (output_dir / f"eval_{tag}.png").is_file()}
+    return write_report(output_dir / "report.html", title=f"flowalign run: {output_dir.name}", summary=flat,
+                        curves=curves, tables={"per-step ratio statistics (mean over the run)": per_step_table(rows)},
+                        images=images)

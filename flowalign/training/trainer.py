@@ -1,0 +1,403 @@
+"""The one training loop of every online method (GRPO, GRPO-Guard, and the methods built on them).
+
+One iteration: prompts → group rollouts (chunked; decoding and rewards of a chunk overlap the next chunk's
+rollout) → rewards → ``algorithm.advantages`` → optimisation over shuffled (sample, step) micro-batches with
+``algorithm.loss`` (log-probs recomputed with gradients, many steps per forward) → EMA → metrics → periodic
+held-out evaluation (ODE sampling, fixed seeds) → atomic checkpoints. Multi-process runs (``accelerate
+launch``) shard prompts across processes, gather rewards for global statistics and average gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from flowalign.algorithms import PolicyBatch, build_algorithm
+from flowalign.config import dump_yaml
+from flowalign.errors import ConfigError, FlowAlignError
+from flowalign.models import FlowModel, Geometry, load_model
+from flowalign.sampling import (
+    DynamicsConfig,
+    SDEWindow,
+    Trajectory,
+    concat_trajectories,
+    make_generators,
+    recompute_log_probs,
+    rollout,
+)
+from flowalign.training import checkpoint as ckpt
+from flowalign.training.config import TrainConfig
+from flowalign.training.ema import EMA
+from flowalign.training.lora import add_lora, load_lora_into, save_lora
+from flowalign.training.metrics import MetricsLogger
+from flowalign.training.prompts import load_prompts
+from flowalign.training.rewarding import AsyncScorer, ScoredBatch, build_rewards, concat, decode_and_score
+from flowalign.training.seeding import derive_seed, derived_generator
+from flowalign.utils.io import save_grid
+from reward_models.base import RewardModel, build_reward
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingError(FlowAlignError):
+    """Training cannot go on (e.g. rewards or losses non-finite too many times in a row)."""
+
+
+class Trainer:
+    """Build with a config (and optionally a ready pipeline/model or reward for tests), then ``run()``."""
+
+    def __init__(self, config: TrainConfig, *, model: FlowModel | DiffusionPipeline | None = None,
+                 reward: RewardModel | None = None, accelerator: Accelerator | None = None,
+                 resume: str | None = None):
+        self.config = config
+        self.out = Path(config.output_dir)
+        # cheap validation first: prompts, algorithm and rewards fail before any model loads
+        self.train_set = load_prompts(config.data.train_prompts)
+        self.eval_set = load_prompts(config.data.eval_prompts).head(config.eval.max_prompts)
+        self.algorithm = build_algorithm(config.algorithm)
+        if self.algorithm.needs_reference and not config.lora.enabled:
+            raise ConfigError("a KL term (algorithm.kl_beta > 0) needs LoRA (lora.enabled: true): the reference "
+                              "policy is the transformer with its adapter disabled")
+        self.reward = reward if reward is not None else build_rewards(config.reward)
+        self.eval_metrics = {name: build_reward(name) for name in config.eval.metrics}
+        self.accelerator = accelerator or Accelerator()
+        self.device = self.accelerator.device
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        dtype = DTYPES[config.model.dtype]
+        if model is None or isinstance(model, DiffusionPipeline):
+            model = load_model(model if model is not None else config.model.path, device=self.device,
+                               torch_dtype=dtype, **config.model.adapter_kwargs)
+        self.model = model
+        model.encode_batch_size = 1  # a prompt's embedding must not depend on its batch: exact resumes
+        self.reward.to(self.device)
+        for metric in self.eval_metrics.values():
+            metric.to(self.device)
+        for name, component in model.pipeline.components.items():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False).eval()
+        self.params = add_lora(model.transformer, config.lora)
+        if config.model.gradient_checkpointing:
+            model.transformer.enable_gradient_checkpointing()
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.ema = EMA(self.params, config.ema.decay) if config.ema.enabled else None
+        default = model.default_geometry()
+        self.geometry = Geometry(config.model.height or default.height, config.model.width or default.width,
+                                 config.model.num_frames or default.num_frames)
+        self.dynamics = config.sampling.dynamics_config
+        self.iteration = 0
+        self.skipped_in_a_row = 0
+        self.history: list[dict] = []
+        self.logger = MetricsLogger(self.out / "logs", tensorboard=config.logging.tensorboard,
+                                    wandb_project=config.logging.wandb_project,
+                                    config=_plain(config), enabled=self.accelerator.is_main_process)
+        if self.accelerator.is_main_process:
+            dump_yaml(config, self.out / "config.yaml")
+        found = ckpt.resolve_resume(self.out, resume)
+        if found is not None:
+            self.load_checkpoint(found)
+
+    # ------------------------------------------------------------------------------------------------- run
+    def run(self) -> dict:
+        """Train until ``config.iterations``; evaluates before training and at the end; returns the summary."""
+        cfg = self.config
+        if self.iteration == 0 and not any(h.get("eval_at") == 0 for h in self.history):
+            self._log(0, self.evaluate(tag="before"))
+        bar = tqdm(range(self.iteration, cfg.iterations), initial=self.iteration, total=cfg.iterations,
+                   disable=not (cfg.logging.progress_bar and self.accelerator.is_main_process), desc="train")
+        for it in bar:
+            metrics = self.train_iteration(it)
+            self.iteration = it + 1
+            if self.iteration % cfg.eval.every == 0 or self.iteration == cfg.iterations:
+                final = self.iteration == cfg.iterations
+                metrics.update(self.evaluate(tag="after" if final else None))
+            self._log(self.iteration, metrics)
+            bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
+                            img_s=f"{metrics.get('speed/rollout_images_per_s', 0):.1f}")
+            if self.iteration % cfg.checkpoint.every == 0 or self.iteration == cfg.iterations:
+                self.save_checkpoint()
+        summary = self.summary()
+        if self.accelerator.is_main_process:
+            save_lora(self.model.pipeline, self.model.transformer, self.out / "lora") if cfg.lora.enabled else None
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if cfg.logging.report:
+                from flowalign.training.run_report import write_run_report
+
+                write_run_report(self.out, summary)
+        self.logger.close()
+        return summary
+
+    def _log(self, step: int, metrics: dict) -> None:
+        row = {"iteration": step, **{k: float(v) for k, v in metrics.items()}}
+        if "eval/reward" in metrics:
+            row["eval_at"] = step
+        self.history.append(row)
+        self.logger.log(step, {k: float(v) for k, v in metrics.items()})
+
+    # ------------------------------------------------------------------------------------------- iteration
+    def train_iteration(self, it: int) -> dict[str, float]:
+        cfg, s = self.config, self.config.sampling
+        start = time.perf_counter()
+        prompts, metadata = self.train_set.sample(s.prompts_per_iteration,
+                                                  derived_generator(cfg.seed, "prompts", it, self.rank))
+        traj, scored, cond = self.sample(prompts, metadata, it)
+        rollout_time = time.perf_counter() - start
+        rewards, valid = scored.rewards, scored.valid
+        metrics = self._reward_metrics(scored)
+        if not bool(valid.all()):
+            return self._skip(it, f"{int((~valid).sum())} non-finite or invalid rewards", metrics)
+        advantages = self.algorithm.advantages(rewards, traj, valid)
+        train_start = time.perf_counter()
+        opt_metrics, pairs = self.optimize(traj, cond, advantages, it)
+        if opt_metrics is None:
+            return self._skip(it, "non-finite loss or gradient", metrics)
+        self.skipped_in_a_row = 0
+        metrics.update(opt_metrics)
+        metrics["advantage/nonzero_frac"] = float((advantages != 0).float().mean())
+        metrics["speed/rollout_images_per_s"] = traj.batch_size * self.world / max(rollout_time, 1e-9)
+        metrics["speed/train_pairs_per_s"] = pairs * self.world / max(time.perf_counter() - train_start, 1e-9)
+        metrics["speed/iteration_s"] = time.perf_counter() - start
+        if torch.cuda.is_available():
+            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return metrics
+
+    def _reward_metrics(self, scored: ScoredBatch) -> dict[str, float]:
+        rewards = self.accelerator.gather(scored.rewards.to(self.device)).float()
+        finite = rewards[torch.isfinite(rewards)]
+        metrics = {"reward/mean": float(finite.mean()) if finite.numel() else float("nan"),
+                   "reward/std": float(finite.std(unbiased=False)) if finite.numel() > 1 else 0.0,
+                   "reward/nonfinite": float((~torch.isfinite(rewards)).sum())}
+        for key, value in scored.components.items():
+            metrics[f"reward/{key}"] = float(value[torch.isfinite(value)].mean()) if value.numel() else float("nan")
+        return metrics
+
+    def _skip(self, it: int, why: str, metrics: dict) -> dict:
+        self.skipped_in_a_row += 1
+        metrics["skipped"] = 1.0
+        tqdm.write(f"iteration {it}: skipped the update ({why}); {self.skipped_in_a_row} in a row")
+        if self.skipped_in_a_row > self.config.max_skipped_iterations:
+            last = ckpt.list_checkpoints(self.out)
+            where = f"the last checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+            self.logger.close()
+            raise TrainingError(f"stopping: {why} in {self.skipped_in_a_row} consecutive iterations "
+                                f"(max_skipped_iterations={self.config.max_skipped_iterations}); {where}")
+        return metrics
+
+    # -------------------------------------------------------------------------------------------- sampling
+    def _window(self, it: int) -> SDEWindow | None:
+        s = self.config.sampling
+        if s.sde_window_size is None:
+            return None
+        low, high = s.sde_window_range or (0, s.num_steps - s.sde_window_size)
+        return SDEWindow.random(s.num_steps, s.sde_window_size, low=low, high=high,
+                                generator=derived_generator(self.config.seed, "window", it))
+
+    def sample(self, prompts: list[str], metadata: list[dict], it: int):
+        """Group rollouts for ``prompts`` (chunked), rewards overlapped with the next chunk's rollout."""
+        s = self.config.sampling
+        use_cfg = self.model.uses_cfg(s.guidance_scale)
+        negative = self.config.data.negative_prompt
+        window = self._window(it)
+        chunk = max(1, s.rollout_batch_size // s.group_size)
+        scorer = AsyncScorer(self.model, self.reward)
+        trajectories, futures = [], []
+        try:
+            for first in range(0, len(prompts), chunk):
+                part = prompts[first : first + chunk]
+                cond = self.model.encode_prompts(part, negative if use_cfg else None, with_negative=use_cfg)
+                seeds = [derive_seed(self.config.seed, "rollout", it, self.rank, first * s.group_size + j)
+                         for j in range(len(part) * s.group_size)]
+                traj = rollout(self.model, cond, self.geometry, num_steps=s.num_steps, dynamics=self.dynamics,
+                               generators=make_generators(seeds, self.device), guidance_scale=s.guidance_scale,
+                               group_size=s.group_size, window=window, share_initial_noise=s.share_initial_noise)
+                trajectories.append(traj)
+                expanded_meta = [m for m in metadata[first : first + chunk] for _ in range(s.group_size)]
+                futures.append(scorer.submit(traj.final, self.geometry, traj.prompts, expanded_meta))
+            scored = concat([f.result() for f in futures])
+        finally:
+            scorer.close()
+        traj = concat_trajectories(trajectories)
+        cond = self.model.encode_prompts(traj.prompts, negative if use_cfg else None, with_negative=use_cfg)
+        return traj, scored, cond
+
+    # ---------------------------------------------------------------------------------------- optimisation
+    def optimize(self, traj: Trajectory, cond, advantages: torch.Tensor, it: int):
+        """PPO-style updates over the iteration's (sample, step) pairs; returns (metrics | None, #pairs)."""
+        cfg = self.config
+        samples, steps = traj.trainable_pairs()
+        per_sample = advantages if advantages.ndim == 1 else advantages.abs().sum(1)
+        keep = per_sample[samples] != 0  # groups with equal rewards carry no signal: skip their compute
+        samples, steps = samples[keep], steps[keep]
+        if cfg.sampling.train_step_fraction < 1.0 and len(samples):
+            draw = torch.rand(len(samples), generator=derived_generator(cfg.seed, "steps", it, self.rank))
+            keep = draw < cfg.sampling.train_step_fraction
+            samples, steps = samples[keep], steps[keep]
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        n_pairs = 0
+        for epoch in range(cfg.optim.inner_epochs):
+            order = torch.randperm(len(samples), generator=derived_generator(cfg.seed, "order", it, epoch, self.rank))
+            for chunk in torch.tensor_split(order, cfg.optim.steps_per_iteration):
+                if self.world == 1 and len(chunk) == 0:
+                    continue
+                ok = self._optimizer_step(traj, cond, advantages, samples[chunk], steps[chunk], totals, counts)
+                if not ok:
+                    return None, n_pairs
+                n_pairs += len(chunk)
+        metrics = {f"train/{k}": v / counts[k] for k, v in totals.items()}
+        metrics["train/pairs"] = float(n_pairs)
+        return metrics, n_pairs
+
+    def _optimizer_step(self, traj, cond, advantages, samples, steps, totals, counts) -> bool:
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        total = max(len(samples), 1)
+        for micro in torch.split(torch.arange(len(samples)), cfg.optim.micro_batch_size):
+            s, t = samples[micro], steps[micro]
+            with self.accelerator.autocast():
+                new = recompute_log_probs(self.model, traj, cond, s, t)
+                ref_mean = self._reference_mean(traj, cond, s, t) if self.algorithm.needs_reference else None
+                sig = traj.sigmas.to(self.device)
+                adv = advantages[s] if advantages.ndim == 1 else advantages[s, t]
+                batch = PolicyBatch(new=new, old_mean=traj.means[s, t].to(self.device),
+                                    old_log_prob=traj.log_probs[s, t].to(self.device), advantages=adv.to(self.device),
+                                    sigma=sig[t.to(self.device)], sigma_next=sig[t.to(self.device) + 1],
+                                    step_idx=t, reduction=self.dynamics.log_prob_reduction, ref_mean=ref_mean)
+                loss, metrics = self.algorithm.loss(batch)
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
+            (loss * len(micro) / total).backward()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(micro)
+                counts[k] = counts.get(k, 0) + len(micro)
+        if self.world > 1:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm)
+        counts["grad_norm"] = counts.get("grad_norm", 0) + 1
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
+        return True
+
+    @torch.no_grad()
+    def _reference_mean(self, traj, cond, s, t) -> torch.Tensor:
+        transformer = self.model.transformer
+        transformer.disable_adapters()
+        try:
+            return recompute_log_probs(self.model, traj, cond, s, t).mean
+        finally:
+            transformer.enable_adapters()
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, tag: str | None = None) -> dict[str, float]:
+        """Held-out prompts, ODE sampling, fixed seeds; the training reward, its components and extra metrics."""
+        cfg = self.config
+        ema = self.ema.swapped() if (self.ema is not None and cfg.eval.use_ema) else contextlib.nullcontext()
+        guidance = cfg.eval.guidance_scale if cfg.eval.guidance_scale is not None else cfg.sampling.guidance_scale
+        use_cfg = self.model.uses_cfg(guidance)
+        indices = list(range(self.rank, len(self.eval_set), self.world))
+        rows, grids = [], []
+        with ema:
+            for first in range(0, len(indices), cfg.eval.batch_size):
+                idx = indices[first : first + cfg.eval.batch_size]
+                prompts = [self.eval_set.prompts[i] for i in idx]
+                cond = self.model.encode_prompts(prompts, cfg.data.negative_prompt if use_cfg else None,
+                                                 with_negative=use_cfg)
+                traj = rollout(self.model, cond, self.geometry, num_steps=cfg.eval.num_steps,
+                               dynamics=DynamicsConfig("ode", 0.0),
+                               generators=make_generators([cfg.eval.seed + i for i in idx], self.device),
+                               guidance_scale=guidance)
+                scored = decode_and_score(self.model, self.reward, traj.final, self.geometry, prompts,
+                                          [self.eval_set.metadata[i] for i in idx])
+                extra = {name: metric(scored.pixels.to(self.device), prompts).scores.float().cpu()
+                         for name, metric in self.eval_metrics.items()}
+                for j, i in enumerate(idx):
+                    row = {"index": i, "reward": float(scored.rewards[j])}
+                    row.update({f"{k}": float(v[j]) for k, v in scored.components.items()})
+                    row.update({name: float(v[j]) for name, v in extra.items()})
+                    rows.append(row)
+                if tag is not None and first == 0:
+                    grids.append(scored.pixels[:16])
+        rows = sorted(gather_object(rows) if self.world > 1 else rows, key=lambda r: r["index"])
+        metrics = {f"eval/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "index"}
+        if tag is not None and self.accelerator.is_main_process and grids:
+            pixels = grids[0]
+            if pixels.ndim == 5:  # videos: one row of frames per sample
+                save_grid(pixels[:4].flatten(0, 1), self.out / f"eval_{tag}.png", nrow=pixels.shape[1])
+            else:
+                save_grid(pixels, self.out / f"eval_{tag}.png", nrow=8)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        cfg = self.config
+
+        def write(folder: Path) -> None:
+            if cfg.lora.enabled:
+                save_lora(self.model.pipeline, self.model.transformer, folder / "lora")
+            else:
+                save_file({n: p.detach().cpu().contiguous() for n, p in self.model.transformer.named_parameters()},
+                          folder / "transformer.safetensors")
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(self.algorithm.state_dict(), folder / "algorithm.pt")
+            if self.ema is not None:
+                torch.save(self.ema.state_dict(), folder / "ema.pt")
+
+        state = {"skipped_in_a_row": self.skipped_in_a_row, "history": self.history}
+        return ckpt.save_checkpoint(self.out, self.iteration, write, state, cfg.checkpoint.keep_last)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        state = ckpt.read_state(folder)
+        if self.config.lora.enabled:
+            load_lora_into(self.model.transformer, folder / "lora")
+        else:
+            path = folder / "transformer.safetensors"
+            if not path.is_file():
+                raise ckpt.CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {path.name} is missing")
+            self.model.transformer.load_state_dict(load_file(path), strict=False)
+        self.optimizer.load_state_dict(ckpt.load_tensor_file(folder, "optimizer.pt"))
+        self.algorithm.load_state_dict(ckpt.load_tensor_file(folder, "algorithm.pt"))
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt.load_tensor_file(folder, "ema.pt"))
+        ckpt.set_rng_state(ckpt.load_tensor_file(folder, "rng.pt"))
+        self.iteration = int(state["iteration"])
+        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        self.history = list(state.get("history", []))
+
+    def summary(self) -> dict:
+        evals = [h for h in self.history if "eval/reward" in h]
+        out = {"iterations": self.iteration, "output_dir": str(self.out)}
+        if evals:
+            out["eval_before"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
+            out["eval_after"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
+        return out
+
+
+def _plain(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))

@@ -1,0 +1,104 @@
+"""The training loop end to end on tiny pipelines: what changes, resuming, failures and bad input."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from flowalign.errors import ConfigError
+from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+from flowalign.training.checkpoint import CheckpointError, list_checkpoints
+from flowalign.training.config import ModelConfig, RewardConfig, SamplingConfig
+from flowalign.training.trainer import Trainer, TrainingError
+
+from trainer_helpers import NaNReward, Redness, tiny_config
+
+BUILDERS = {
+    "sd3": lambda: tiny_sd3_pipeline(seed=0),
+    "flux": lambda: tiny_flux_pipeline(seed=0),
+    "wan": lambda: tiny_wan_pipeline(seed=0),
+}
+
+
+def snapshot(pipeline):
+    return {f"{name}.{k}": v.detach().clone() for name, module in pipeline.components.items()
+            if isinstance(module, torch.nn.Module) for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_one_training_step_changes_only_the_adapter(tmp_path, family):
+    pipeline = BUILDERS[family]()
+    config = tiny_config(tmp_path)
+    if family == "wan":  # the pipeline's default is 480×832×81 frames
+        config.model = ModelConfig(path="unused", height=32, width=32, num_frames=5)
+    trainer = Trainer(config, model=pipeline, reward=Redness())
+    before = snapshot(pipeline)
+    summary = trainer.run()
+    after = snapshot(pipeline)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "nothing was trained"
+    assert all("lora_" in k for k in changed), sorted(k for k in changed if "lora_" not in k)[:5]
+    assert "eval/reward" in summary["eval_after"]
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def lora_params(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.transformer.named_parameters() if "lora_" in n}
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    full = tiny_config(tmp_path / "a", iterations=2)
+    uninterrupted = Trainer(full, model=tiny_sd3_pipeline(seed=0), reward=Redness())
+    uninterrupted.run()
+
+    first = tiny_config(tmp_path / "b", iterations=1)
+    Trainer(first, model=tiny_sd3_pipeline(seed=0), reward=Redness()).run()
+    second = dataclasses.replace(first, iterations=2)
+    resumed = Trainer(second, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+    assert resumed.iteration == 1
+    resumed.run()
+    expected, got = lora_params(uninterrupted), lora_params(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert not all(torch.equal(p, torch.zeros_like(p)) for p in got.values())
+
+
+def test_non_finite_rewards_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, iterations=6, max_skipped_iterations=1)
+    trainer = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=NaNReward())
+    before = lora_params(trainer)
+    with pytest.raises(TrainingError, match=r"non-finite or invalid rewards in 2 consecutive iterations.*iter-000001"):
+        trainer.run()
+    checkpoints = list_checkpoints(config.output_dir)
+    assert [c.name for c in checkpoints] == ["iter-000001"]
+    assert (checkpoints[0] / "state.json").is_file()
+    for name, value in lora_params(trainer).items():
+        assert torch.equal(value, before[name])  # skipped updates never touched the weights
+
+
+def test_corrupt_checkpoint_is_reported_on_resume(tmp_path):
+    config = tiny_config(tmp_path)
+    Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness()).run()
+    latest = list_checkpoints(config.output_dir)[-1]
+    (latest / "optimizer.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"optimizer.pt.*is corrupt"):
+        Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+    (latest / "state.json").write_text("{")
+    with pytest.raises(CheckpointError, match="state.json unreadable"):
+        Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+
+
+def test_bad_training_input_fails_before_the_model_loads(tmp_path):
+    config = tiny_config(tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ConfigError, match="holds no prompts"):
+        Trainer(dataclasses.replace(config, data=dataclasses.replace(config.data, train_prompts=str(empty))))
+    with pytest.raises(ConfigError, match="missing.txt' does not exist"):
+        Trainer(dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                     train_prompts=str(tmp_path / "missing.txt"))))
+    with pytest.raises(ConfigError, match="unknown reward 'no_such_reward'|no_such_reward"):
+        Trainer(dataclasses.replace(config, reward=RewardConfig(weights={"no_such_reward": 1.0})))
+    with pytest.raises(ConfigError, match="group_size must be >= 2"):
+        SamplingConfig(group_size=1)

@@ -196,7 +196,11 @@ class FlowModel(ABC):
 
     def velocity(self, x: Tensor, sigma: float | Tensor, cond: Conditioning, geometry: Geometry,
                  guidance_scale: float = 1.0) -> Tensor:
-        """v(x, σ) in float32; with CFG, v_u + w·(v_c − v_u) from one batched forward [uncond; cond]."""
+        """v(x, σ) in float32; with CFG, v_u + w·(v_c − v_u) from one batched forward [uncond; cond].
+
+        Pipelines that run the two branches as separate forwards (Wan) can differ from the batched call by
+        float rounding (~1e-6 in float32); without CFG the result equals the pipeline's bit for bit.
+        """
         if len(cond) != x.shape[0]:
             raise ValueError(f"conditioning has {len(cond)} rows but the latent batch has {x.shape[0]}")
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])

@@ -6,84 +6,133 @@ import base64
 import html
 import io
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torchvision.utils import make_grid
 
 from flowalign.utils.io import to_pil, write_text
 
 Series = list[tuple[float, float]]
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-WIDTH, HEIGHT, PAD = 560, 260, 48
+WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 600, 280, 64, 16, 28, 44
+STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:auto;padding:0 12px}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}"
+         "svg.chart{display:block;margin:12px 0}figure{display:inline-block;margin:8px}"
+         "img{image-rendering:pixelated;max-width:100%}")
 
 
 def curves_from_metrics(rows: list[dict], keys: Sequence[str]) -> dict[str, Series]:
     """metrics.jsonl rows → {key: [(step, value), ...]}, skipping rows where the key is missing or null."""
     out: dict[str, Series] = {}
     for key in keys:
-        series = [(float(r["step"]), float(r[key])) for r in rows if r.get(key) is not None and "step" in r]
+        series = [(float(r["step"]), float(r[key])) for r in rows
+                  if r.get(key) is not None and r.get("step") is not None and math.isfinite(float(r[key]))]
         if series:
             out[key] = series
     return out
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi == lo:
+def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
+    """Round tick values (1, 2, 5 × 10^k apart) covering [lo, hi]."""
+    if not hi > lo:
         return [lo]
-    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    raw = (hi - lo) / max(target, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks, k = [], 0
+    while first + k * step <= hi + step * 1e-9:
+        ticks.append(round(first + k * step, 12))
+        k += 1
+    return ticks
 
 
-def svg_chart(title: str, series: dict[str, Series]) -> str:
-    """One line chart (several named series) as inline SVG with axes, ticks and a legend."""
-    points = [p for s in series.values() for p in s if math.isfinite(p[1])]
+def svg_chart(title: str, series: Mapping[str, Series], x_label: str = "step") -> str:
+    """One line chart (several named series) as inline SVG with axes, ticks, axis labels and a legend."""
     esc = html.escape
+    clean = {name: [(float(x), float(y)) for x, y in values if math.isfinite(x) and math.isfinite(y)]
+             for name, values in series.items()}
+    points = [p for values in clean.values() for p in values]
     if not points:
-        return f'<svg width="{WIDTH}" height="40"><text x="8" y="24">{esc(title)}: no data</text></svg>'
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-    sx = lambda x: PAD + (x - x0) / (x1 - x0) * (WIDTH - 2 * PAD)  # noqa: E731
-    sy = lambda y: HEIGHT - PAD + (y0 - y) / (y1 - y0) * (HEIGHT - 2 * PAD)  # noqa: E731
-    parts = [f'<svg class="chart" width="{WIDTH}" height="{HEIGHT + 20 * len(series)}" role="img">',
-             f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-weight="bold">{esc(title)}</text>',
-             f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#333"/>',
-             f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{HEIGHT - PAD}" stroke="#333"/>']
-    for t in _ticks(x0, x1):
-        parts.append(f'<text x="{sx(t):.1f}" y="{HEIGHT - PAD + 16}" font-size="10" text-anchor="middle">{t:.4g}</text>')
-    for t in _ticks(y0, y1):
-        parts.append(f'<text x="{PAD - 4}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">{t:.4g}</text>')
-        parts.append(f'<line x1="{PAD}" y1="{sy(t):.1f}" x2="{WIDTH - PAD}" y2="{sy(t):.1f}" stroke="#eee"/>')
-    for i, (name, values) in enumerate(series.items()):
+        return (f'<svg class="chart" width="{WIDTH}" height="40" role="img">'
+                f'<text x="8" y="24">{esc(title)}: no data</text></svg>')
+    x0, x1 = _span([p[0] for p in points])
+    y0, y1 = _span([p[1] for p in points])
+    sx = lambda x: LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT)  # noqa: E731
+    sy = lambda y: HEIGHT - BOTTOM - (y - y0) / (y1 - y0) * (HEIGHT - TOP - BOTTOM)  # noqa: E731
+    parts = [f'<svg class="chart" width="{WIDTH}" height="{HEIGHT + 18 * len(clean)}" role="img">',
+             f'<title>{esc(title)}</title>',
+             f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-weight="bold">{esc(title)}</text>']
+    x_ticks = nice_ticks(x0, x1)
+    if all(p[0].is_integer() for p in points):  # steps: no fractional ticks
+        x_ticks = [t for t in x_ticks if float(t).is_integer()] or x_ticks
+    for t in x_ticks:
+        parts.append(f'<line x1="{sx(t):.1f}" y1="{HEIGHT - BOTTOM}" x2="{sx(t):.1f}" y2="{HEIGHT - BOTTOM + 4}" '
+                     f'stroke="#333"/><text x="{sx(t):.1f}" y="{HEIGHT - BOTTOM + 16}" font-size="10" '
+                     f'text-anchor="middle">{t:.4g}</text>')
+    for t in nice_ticks(y0, y1):
+        parts.append(f'<line x1="{LEFT}" y1="{sy(t):.1f}" x2="{WIDTH - RIGHT}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                     f'<text x="{LEFT - 6}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">{t:.4g}</text>')
+    parts += [f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" stroke="#333"/>',
+              f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{HEIGHT - BOTTOM}" stroke="#333"/>',
+              f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" font-size="12" '
+              f'text-anchor="middle">{esc(x_label)}</text>']
+    for i, (name, values) in enumerate(clean.items()):
         color = PALETTE[i % len(PALETTE)]
-        finite = [(x, y) for x, y in values if math.isfinite(y)]
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in finite)
-        parts.append(f'<polyline data-name="{esc(name)}" fill="none" stroke="{color}" stroke-width="2" '
-                     f'points="{coords}"/>')
-        ly = HEIGHT + 14 * (i + 1) - 4
-        parts.append(f'<rect x="{PAD}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{PAD + 16}" y="{ly + 1}" font-size="12">{esc(name)}</text>')
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in values)
+        if values:
+            parts.append(f'<polyline data-name="{esc(name)}" fill="none" stroke="{color}" stroke-width="2" '
+                         f'points="{coords}"/>')
+        if 0 < len(values) <= 40:
+            parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>' for x, y in values]
+        ly = HEIGHT + 18 * i + 6
+        label = name if values else f"{name} (no data)"
+        parts.append(f'<rect x="{LEFT}" y="{ly}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{LEFT + 16}" y="{ly + 9}" font-size="12">{esc(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _image_uri(image: Path | torch.Tensor) -> str:
+def _span(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    if hi > lo:
+        return lo, hi
+    pad = abs(lo) * 0.05 or 1.0
+    return lo - pad, hi + pad
+
+
+def _image_uri(image: Path | str | torch.Tensor) -> str:
+    """A PNG data URI from a (3, H, W) or (N, 3, H, W) tensor in [0, 1], or an image file (re-encoded if not PNG)."""
     if isinstance(image, torch.Tensor):
-        buffer = io.BytesIO()
-        to_pil(image).save(buffer, format="PNG")
-        data = buffer.getvalue()
+        if image.ndim == 4:
+            image = make_grid(image.detach().float().cpu(), nrow=min(len(image), 8), padding=2, pad_value=1.0)
+        pil = to_pil(image)
     else:
         data = Path(image).read_bytes()
-    return "data:image/png;base64," + base64.b64encode(data).decode()
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return "data:image/png;base64," + base64.b64encode(data).decode()
+        pil = Image.open(io.BytesIO(data)).convert("RGB")
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int)):
+        value = f"{float(value):.6g}"
+    return html.escape(str(value))
 
 
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "<p>(empty)</p>"
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-                   for r in rows)
+    head = "".join(f"<th>{_cell(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -91,31 +140,25 @@ def write_report(path: Path, *, title: str, summary: dict[str, object],
                  curves: dict[str, dict[str, Series]] | dict[str, Series],
                  tables: dict[str, list[dict]] | None = None, images: dict[str, Path | torch.Tensor] | None = None,
                  notes: list[str] | None = None) -> Path:
-    """Write one HTML file with no external assets, atomically. ``curves`` maps a chart title to its series
-    ({name: [(x, y), ...]}) or directly to one series."""
+    """Write one HTML file with no external assets, atomically; returns its path.
+
+    ``curves`` maps a chart title to its series ({name: [(x, y), ...]}) or directly to one series."""
     esc = html.escape
     sections = [f"<h1>{esc(title)}</h1>", "<h2>Summary</h2>",
-                _table([{"metric": k, "value": v} for k, v in summary.items()])]
-    for note in notes or []:
-        sections.append(f"<p>{esc(note)}</p>")
+                _table([{"key": k, "value": v} for k, v in summary.items()])]
+    sections += [f"<p class='note'>{esc(str(note))}</p>" for note in notes or []]
     if curves:
         sections.append("<h2>Curves</h2>")
         for chart_title, series in curves.items():
-            if isinstance(series, list):
-                series = {chart_title: series}
-            sections.append(svg_chart(chart_title, series))
+            sections.append(svg_chart(chart_title, {chart_title: series} if isinstance(series, list) else series))
     for table_title, rows in (tables or {}).items():
         sections += [f"<h2>{esc(table_title)}</h2>", _table(rows)]
     if images:
         sections.append("<h2>Images</h2>")
-        for caption, image in images.items():
-            sections.append(f'<figure><img src="{_image_uri(image)}" alt="{esc(caption)}" '
-                            f'style="image-rendering:pixelated;max-width:100%"><figcaption>{esc(caption)}'
-                            "</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}svg.chart{display:block;margin:12px 0}")
+        sections += [f'<figure><img src="{_image_uri(image)}" alt="{esc(caption)}">'
+                     f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, image in images.items()]
     document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-                f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
+                f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>\n")
     path = Path(path)
     write_text(path, document)
     return path

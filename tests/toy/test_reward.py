@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from flowalign.toy.prompts import PromptParseError
+from flowalign.toy.scenes import Placed, generate_scenes, render
+from reward_models import build_reward
+
+
+def score(shapes, prompt):
+    out = build_reward("shapes")(render(shapes)[None], [prompt])
+    return float(out.scores[0]), out.components
+
+
+RC = Placed("red", "circle", 8, 8, 9)
+RC2 = Placed("red", "circle", 24, 24, 9)
+BS = Placed("blue", "square", 24, 8, 9)
+
+
+def test_all_clauses_right_scores_one():
+    assert score([RC, RC2], "two red circles")[0] == 1.0
+    assert score([RC, BS], "a red circle left of a blue square")[0] == 1.0
+    assert score([RC, RC2, BS], "two red circles and a blue square")[0] == 1.0
+
+
+def test_each_wrong_clause_costs_its_share():
+    # count wrong (1 of 3 clauses)
+    assert score([RC], "two red circles")[0] == pytest.approx(2 / 3)
+    # shape and count wrong
+    assert score([Placed("red", "square", 8, 8, 9)], "a red circle")[0] == pytest.approx(1 / 3)
+    # everything wrong: no red at all
+    assert score([BS], "a red circle")[0] == 0.0
+    # relation wrong only (1 of 7 clauses)
+    s, comps = score([RC, BS], "a red circle right of a blue square")
+    assert s == pytest.approx(6 / 7) and comps["position"][0] == 0.0
+    # triangle vs circle: shape + count of one object wrong (2 of 7)
+    assert score([RC, BS], "a red triangle left of a blue square")[0] == pytest.approx(5 / 7)
+
+
+def test_position_irrelevant_without_relation():
+    a = score([RC, BS], "a red circle and a blue square")
+    b = score([Placed("red", "circle", 24, 24, 9), Placed("blue", "square", 8, 8, 9)], "a red circle and a blue square")
+    assert a[0] == b[0] == 1.0 and torch.isnan(a[1]["position"][0])
+
+
+def test_generated_scenes_score_one_and_shuffled_lower():
+    images, prompts, _ = generate_scenes(24, 11)
+    r = build_reward("shapes")
+    assert torch.all(r(images, prompts).scores == 1.0)
+    assert r(images, prompts[1:] + prompts[:1]).scores.mean() < 0.7
+
+
+def test_prompt_outside_grammar_raises():
+    with pytest.raises(PromptParseError, match="purple"):
+        build_reward("shapes")(render([RC])[None], ["a purple circle"])
+
+
+def test_soft_reward_gradient_and_ordering():
+    images, prompts, _ = generate_scenes(4, 2)
+    x = (images * 0.9 + 0.05).requires_grad_()
+    out = build_reward("shapes_soft")(x, prompts)
+    out.scores.sum().backward()
+    g = x.grad
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    right = build_reward("shapes_soft")(images, prompts).scores
+    wrong = build_reward("shapes_soft")(images, prompts[1:] + prompts[:1]).scores
+    assert right.mean() > wrong.mean()
+
+
+def test_quality_clean_vs_noisy():
+    images, prompts, _ = generate_scenes(8, 5)
+    q = build_reward("shapes_quality")
+    clean = q(images, None).scores
+    noisy = q((images + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1),
+              None).scores
+    assert torch.all(clean == 1.0)
+    assert noisy.max() < 0.8

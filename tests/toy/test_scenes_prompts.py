@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from flowalign.toy.prompts import PromptParseError, all_prompts, heldout_prompts, is_heldout, parse_prompt, train_prompts
+from flowalign.toy.scenes import generate_scenes
+
+
+def test_scenes_reproducible_by_seed():
+    a, pa, _ = generate_scenes(8, 3)
+    b, pb, _ = generate_scenes(8, 3)
+    c, pc, _ = generate_scenes(8, 4)
+    assert torch.equal(a, b) and pa == pb
+    assert not torch.equal(a, c)
+    assert a.shape == (8, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+
+
+def test_splits_disjoint_and_heldout_never_in_train():
+    train, held = set(train_prompts()), set(heldout_prompts())
+    assert train and held and not (train & held)
+    assert all(is_heldout(parse_prompt(p)) for p in held)
+    assert not any(is_heldout(parse_prompt(p)) for p in train)
+    assert {parse_prompt(p).kind for p in held} == {"count", "pair", "relation"}
+
+
+def test_split_files_match_code():
+    from flowalign.toy.prompts import PROMPTS_DIR
+    assert (PROMPTS_DIR / "train.txt").read_text().split("\n")[:-1] == list(train_prompts())
+    assert (PROMPTS_DIR / "heldout.txt").read_text().split("\n")[:-1] == list(heldout_prompts())
+
+
+def test_parse_roundtrip_and_errors():
+    for p in all_prompts()[::37]:
+        assert parse_prompt(p.text) == p
+    parsed = parse_prompt("a green triangle above a red circle")
+    assert parsed.relation.relation == "above" and parsed.objects[1].shape == "circle"
+    for bad in ("a purple circle", "two red circle", "five red circles", "a red circle near a blue square", ""):
+        with pytest.raises(PromptParseError, match="prompt"):
+            parse_prompt(bad)

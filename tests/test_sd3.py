@@ -128,3 +128,24 @@ def test_cfg_without_negative_embeddings_is_rejected(sd3_model):
     x = sd3_model.initial_noise(geometry, make_generators([0]))
     with pytest.raises(ConfigError, match="needs negative-prompt embeddings"):
         sd3_model.velocity(x, 0.5, sd3_model.encode_prompts(PROMPTS[:1]), geometry, guidance_scale=3.0)
+
+
+def test_collapsed_zero_padding_gives_the_same_velocity(tiny_sd3, sd3_model):
+    """One zero T5 token with a log(256) attention bias == 256 identical zero tokens (float32 rounding)."""
+    collapsed = SD3Model(tiny_sd3, collapse_zero_padding=True)
+    assert collapsed.collapse_zero_padding
+    geometry = sd3_model.default_geometry()
+    x = sd3_model.initial_noise(geometry, make_generators([0, 1]))
+    full_cond, short_cond = sd3_model.encode_prompts(PROMPTS), collapsed.encode_prompts(PROMPTS)
+    assert short_cond.tensors["prompt_embeds"].shape[1] == full_cond.tensors["prompt_embeds"].shape[1] - 255
+    with torch.no_grad():
+        v_full = sd3_model.velocity(x, 0.7, full_cond, geometry)
+        v_short = collapsed.velocity(x, 0.7, short_cond, geometry)
+    torch.testing.assert_close(v_short, v_full, rtol=0, atol=1e-5)
+    # the pipeline's own processors are restored after each call
+    assert all(type(p).__name__ == "JointAttnProcessor2_0" for p in tiny_sd3.transformer.attn_processors.values())
+
+
+def test_collapse_is_off_when_t5_is_real():
+    pipe = tiny_sd3_pipeline(seed=2, with_t5=True)
+    assert not SD3Model(pipe, collapse_zero_padding=True).collapse_zero_padding

@@ -5,26 +5,46 @@ Latents: (B, C, H/f, W/f) with f the VAE scale factor. Timestep given to the tra
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 from torch import Tensor
 
 from flowalign.models.base import FlowModel, Geometry
+from flowalign.models.sd3_attention import collapsed_padding
 
 
 class SD3Model(FlowModel):
     family = "sd3"
     pipeline_class = StableDiffusion3Pipeline
 
-    def __init__(self, pipeline: StableDiffusion3Pipeline, device=None, max_sequence_length: int = 256):
+    def __init__(self, pipeline: StableDiffusion3Pipeline, device=None, max_sequence_length: int = 256,
+                 collapse_zero_padding: bool = False):
+        """``collapse_zero_padding``: when the T5 stream is all zeros (no T5, or a zero T5), feed ONE zero token
+        with a log(max_sequence_length) attention bias instead of ``max_sequence_length`` identical ones — the
+        same velocity up to float rounding, far fewer tokens (see ``sd3_attention``)."""
         super().__init__(pipeline, device)
         self.max_sequence_length = max_sequence_length
+        self.collapse_zero_padding = collapse_zero_padding and self._t5_stream_is_zero()
+
+    @torch.no_grad()
+    def _t5_stream_is_zero(self) -> bool:
+        if self.pipeline.text_encoder_3 is None:
+            return True
+        embeds, _, _, _ = self.pipeline.encode_prompt(
+            prompt=["a photo"], prompt_2=None, prompt_3=None, device=self.device,
+            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
+        return bool((embeds[:, -self.max_sequence_length :] == 0).all())
 
     def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
         embeds, _, pooled, _ = self.pipeline.encode_prompt(
             prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
             do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
         )
+        if self.collapse_zero_padding:
+            embeds = embeds[:, : embeds.shape[1] - self.max_sequence_length + 1]  # keep one zero T5 token
         return {"prompt_embeds": embeds.to(self.dtype), "pooled_prompt_embeds": pooled.to(self.dtype)}
 
     def latent_shape(self, geometry: Geometry) -> tuple[int, ...]:
@@ -47,13 +67,16 @@ class SD3Model(FlowModel):
         return self._scheduler_sigmas(num_steps, mu=mu)
 
     def _forward(self, x, timestep, tensors, geometry, guidance_scale):
-        return self.transformer(
-            hidden_states=x,
-            timestep=timestep,
-            encoder_hidden_states=tensors["prompt_embeds"],
-            pooled_projections=tensors["pooled_prompt_embeds"],
-            return_dict=False,
-        )[0]
+        collapse = collapsed_padding(self.transformer, self.max_sequence_length) if self.collapse_zero_padding \
+            else contextlib.nullcontext()
+        with collapse:
+            return self.transformer(
+                hidden_states=x,
+                timestep=timestep,
+                encoder_hidden_states=tensors["prompt_embeds"],
+                pooled_projections=tensors["pooled_prompt_embeds"],
+                return_dict=False,
+            )[0]
 
     def decode(self, x: Tensor, geometry: Geometry) -> Tensor:
         vae = self.pipeline.vae

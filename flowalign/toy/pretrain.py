@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import StableDiffusion3Pipeline
 
 from flowalign.errors import ConfigError
-from flowalign.toy import collapsed_attention
+from flowalign.models import sd3_attention as collapsed_attention
 from flowalign.toy.export import finalize_pipeline_folder
 from flowalign.toy.architecture import ToyArchitecture, build_toy_pipeline
 from flowalign.toy.scenes import SceneConfig, generate_scenes

@@ -27,7 +27,7 @@ class ModelConfig:
     height: int | None = None
     width: int | None = None
     num_frames: int | None = None
-    adapter_kwargs: dict[str, float] = field(default_factory=dict)
+    adapter_kwargs: dict[str, bool | int | float | str] = field(default_factory=dict)
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:

@@ -342,7 +342,10 @@ class Trainer:
                 if tag is not None and first == 0:
                     grids.append(scored.pixels[:16])
         rows = sorted(gather_object(rows) if self.world > 1 else rows, key=lambda r: r["index"])
-        metrics = {f"eval/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "index"}
+        metrics = {}
+        for key in (k for k in rows[0] if k != "index"):
+            values = [r[key] for r in rows if math.isfinite(r[key])]  # e.g. "position" only where stated
+            metrics[f"eval/{key}"] = sum(values) / len(values) if values else float("nan")
         if tag is not None and self.accelerator.is_main_process and grids:
             pixels = grids[0]
             if pixels.ndim == 5:  # videos: one row of frames per sample

@@ -132,7 +132,8 @@ class Trainer:
                 self.save_checkpoint()
         summary = self.summary()
         if self.accelerator.is_main_process:
-            save_lora(self.model.pipeline, self.model.transformer, self.out / "lora") if cfg.lora.enabled else None
+            if cfg.lora.enabled:
+                save_lora(self.model.pipeline, self.model.transformer, self.out / "lora")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             if cfg.logging.report:
                 from flowalign.training.run_report import write_run_report

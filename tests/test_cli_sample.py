@@ -61,3 +61,9 @@ def test_negative_noise_level_is_reported(saved_sd3, capsys):
     assert main(["sample", "--model", str(saved_sd3), "--prompt", "x", "--dynamics", "flow_sde",
                  "--noise-level", "-1", "--device", "cpu"]) == 2
     assert "noise_level must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_outputs_are_readable_by_others(saved_sd3, tmp_path):
+    assert main(["sample", "--model", str(saved_sd3), "--prompt", "x", "--steps", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "00000.png").stat().st_mode & 0o777 == 0o644

@@ -122,7 +122,6 @@ class RewardModel(torch.nn.Module, metaclass=abc.ABCMeta):
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None,
                 metadata: Sequence[dict] | None = None) -> RewardOutput:
         """Score a batch; see the module docstring for the tensor conventions."""
-        raise NotImplementedError(f"{type(self).__name__}.forward calls the abstract RewardModel.forward")
 
     @property
     def device(self) -> torch.device:

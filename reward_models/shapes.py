@@ -11,7 +11,8 @@ import torch
 
 from flowalign.toy.quality import quality
 from flowalign.toy.soft import soft_shapes
-from flowalign.toy.verify import VerifyConfig, verify
+from flowalign.toy.prompts import COLORS, SHAPES
+from flowalign.toy.verify import VerifyConfig, concept_scores, verify
 from reward_models.base import RewardModel, RewardOutput, RewardSpec, register_reward
 
 
@@ -32,6 +33,14 @@ class ShapesReward(RewardModel):
         dev = images.device
         return RewardOutput.from_scores(scores.to(dev), components={k: v.to(dev) for k, v in parts.items()},
                                         info={"clauses": "color, shape, count per object; position per relation"})
+
+    def concept_scores(self, images: torch.Tensor, prompts: Sequence[str], concept: str) -> torch.Tensor | None:
+        """(B,) share of the clauses checking ``concept`` (a colour or a shape) that hold, NaN for prompts
+        without it; None when ``concept`` is not a single shapes-world colour or shape (erasure metrics)."""
+        if concept not in COLORS + SHAPES:
+            return None
+        self.check_inputs(images, prompts, None)
+        return concept_scores(images, list(prompts), concept, self.config).to(images.device)
 
 
 @register_reward("shapes_soft")

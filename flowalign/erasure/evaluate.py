@@ -3,6 +3,10 @@
 Erasure: on prompts containing a concept, the reward component ``erase_component`` (toy world: "color") of the
 SPM images vs the original's. Preservation: on other prompts, mean absolute pixel distance (pixels in [0, 1])
 to the original model's images with the same seeds, plus the reward on both. Every image i uses seed ``seed + i``.
+Concept clause: a reward with ``concept_scores(images, prompts, concept)`` (the toy world's "shapes") also gives,
+per erased concept, the share of the clauses that check that concept which hold, on the prompts naming it
+(``concept[red]_original`` → ``concept[red]_spm``): the direct measure of erasure, blind to the prompt's other
+clauses.
 """
 
 from __future__ import annotations
@@ -50,6 +54,17 @@ def _mean(x: Tensor) -> float:
     return float(x[torch.isfinite(x)].mean()) if torch.isfinite(x).any() else float("nan")
 
 
+def _concept_clauses(reward, images: Tensor, prompts: list[str], concepts: Sequence[str], tag: str) -> dict:
+    """``concept[c]_<tag>`` and ``concept[c]_prompts`` for each concept the reward can score in ``prompts``."""
+    scorer, out = getattr(reward, "concept_scores", None), {}
+    for concept in concepts if scorer is not None else ():
+        scores = scorer(images, prompts, concept)
+        if scores is not None and torch.isfinite(scores).any():
+            out[f"concept[{concept}]_{tag}"] = _mean(scores)
+            out[f"concept[{concept}]_prompts"] = int(torch.isfinite(scores).sum())
+    return out
+
+
 def erasure_report(model: FlowModel, spm: SPMNetwork, transport: FacilitatedTransport | None,
                    target_prompts: Sequence[str], other_prompts: Sequence[str], *, reward=None,
                    erase_component: str | None = "color", steps: int = 20, guidance_scale: float = 1.0,
@@ -72,5 +87,6 @@ def erasure_report(model: FlowModel, spm: SPMNetwork, transport: FacilitatedTran
                 part[f"reward_{tag}"] = _mean(result.scores)
                 if erase_component and erase_component in (result.components or {}):
                     part[f"{erase_component}_{tag}"] = _mean(result.components[erase_component])
+                part |= _concept_clauses(reward, images, prompts, spm.concepts, tag)
         report[name] = part
     return report

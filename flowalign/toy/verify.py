@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flowalign.toy.prompts import ParsedPrompt, parse_prompt
+from flowalign.toy.prompts import COLORS, SHAPES, ParsedPrompt, parse_prompt
 from flowalign.toy.segment import Component, classify_shape, components
 
 
@@ -77,14 +77,40 @@ def verify_components(parsed: ParsedPrompt, comps: list[Component], margin: floa
     return Verdict(tuple(color), tuple(shape), tuple(count), position)
 
 
+def concept_clause(parsed: ParsedPrompt, verdict: Verdict, concept: str) -> float | None:
+    """Mean of the clauses that check ``concept`` in one image: for a colour, the ``color`` clauses of the
+    objects of that colour; for a shape, the ``shape`` clauses of the objects of that shape. None when the
+    prompt does not name the concept. Erasing a concept should drive this towards 0."""
+    if concept in COLORS:
+        hits = [v for o, v in zip(parsed.objects, verdict.color) if o.color == concept]
+    elif concept in SHAPES:
+        hits = [v for o, v in zip(parsed.objects, verdict.shape) if o.shape == concept]
+    else:
+        raise ValueError(f"concept {concept!r} is not a shapes-world colour or shape; expected one of "
+                         f"{', '.join(COLORS + SHAPES)}")
+    return sum(hits) / len(hits) if hits else None
+
+
+def _verdicts(images: Tensor, prompts: list[str], config: VerifyConfig) -> tuple[list[ParsedPrompt], list, list]:
+    parsed = [parse_prompt(p) for p in prompts]
+    comps = components(images.detach().float().cpu(), config.color_threshold, config.min_area)
+    return parsed, comps, [verify_components(p, c, config.margin) for p, c in zip(parsed, comps)]
+
+
+def concept_scores(images: Tensor, prompts: list[str], concept: str,
+                   config: VerifyConfig = VerifyConfig()) -> Tensor:
+    """(B,) float32 ``concept_clause`` per image; NaN for prompts that do not name ``concept``."""
+    parsed, _, verdicts = _verdicts(images, prompts, config)
+    values = [concept_clause(p, v, concept) for p, v in zip(parsed, verdicts)]
+    return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
+
+
 def verify(images: Tensor, prompts: list[str], config: VerifyConfig = VerifyConfig()) -> tuple[Tensor, dict[str, Tensor]]:
     """Scores (B,) float32 and per-clause-type components (B,) each; ``position`` is NaN without relation.
 
     Every prompt is parsed first, so a prompt outside the grammar raises ``PromptParseError`` naming it.
     """
-    parsed = [parse_prompt(p) for p in prompts]
-    comps = components(images.detach().float().cpu(), config.color_threshold, config.min_area)
-    verdicts = [verify_components(p, c, config.margin) for p, c in zip(parsed, comps)]
+    _, comps, verdicts = _verdicts(images, prompts, config)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     parts = {
         "color": [mean(v.color) for v in verdicts],

@@ -49,6 +49,20 @@ def test_generated_scenes_score_one_and_shuffled_lower():
     assert r(images, prompts[1:] + prompts[:1]).scores.mean() < 0.7
 
 
+def test_concept_clause_scores_only_the_concepts_clauses():
+    r = build_reward("shapes")
+    prompts = ["a red circle and a blue square", "a red circle and a blue square", "two blue squares",
+               "a red circle left of a blue square"]
+    images = torch.stack([render([RC, BS]), render([Placed("green", "circle", 8, 8, 9), BS]), render([BS]),
+                          render([Placed("blue", "circle", 8, 8, 9), BS])])
+    red = r.concept_scores(images, prompts, "red")
+    # red drawn / red replaced by green / no red in the prompt / red replaced by blue
+    assert red[0] == 1.0 and red[1] == 0.0 and torch.isnan(red[2]) and red[3] == 0.0
+    circle = r.concept_scores(images, prompts, "circle")
+    assert circle[0] == 1.0 and circle[1] == 0.0 and torch.isnan(circle[2])  # green circle: no *red* circle
+    assert r.concept_scores(images, prompts, "purple") is None
+
+
 def test_prompt_outside_grammar_raises():
     with pytest.raises(PromptParseError, match="purple"):
         build_reward("shapes")(render([RC])[None], ["a purple circle"])

@@ -14,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Runs configs/toy_grpo_guard.yaml on assets/toy-sd3 and writes "
                                           "runs/demo/report.html.")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. iterations=5")
-    p.add_argument("--resume", action="store_true", help="continue runs/demo from its newest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs/demo from its newest checkpoint (without it the demo starts over)")
     p.set_defaults(func=run)
 
 
@@ -23,4 +24,4 @@ def run(args: argparse.Namespace) -> int:
 
     defaults = [f"model.path={ROOT / 'assets' / 'toy-sd3'}"]
     return train(argparse.Namespace(config=str(DEMO_CONFIG), overrides=defaults + list(args.overrides),
-                                    resume="latest" if args.resume else None))
+                                    resume="latest" if args.resume else None, overwrite=not args.resume))

@@ -13,6 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides: section.key=value")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from the newest checkpoint of output_dir (or from the given checkpoint folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an output_dir that holds another run (deletes its checkpoints and logs)")
     p.set_defaults(func=run)
 
 
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(TrainConfig, args.config, args.overrides)  # errors here, before any model loads
     from flowalign.training.trainer import Trainer
 
-    summary = Trainer(config, resume=args.resume).run()
+    summary = Trainer(config, resume=args.resume, overwrite=args.overwrite).run()
     before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
     for key in sorted(after):
         print(f"{key}: {before.get(key, float('nan')):.4f} -> {after[key]:.4f}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from flowalign.errors import ConfigError
+from flowalign.utils.io import write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -21,7 +22,9 @@ class MetricsLogger:
     as JSON ``null`` and not sent to tensorboard or wandb."""
 
     def __init__(self, log_dir: Path, *, tensorboard: bool = True, wandb_project: str | None = None,
-                 config: dict | None = None, enabled: bool = True):
+                 config: dict | None = None, enabled: bool = True, resume_step: int | None = None):
+        """``resume_step``: the run continues from that step, so rows (and tensorboard events) logged after it
+        by the interrupted run are dropped and logged again, not duplicated."""
         self.enabled = enabled
         self.log_dir = Path(log_dir)
         self.path = self.log_dir / METRICS_FILE
@@ -33,13 +36,16 @@ class MetricsLogger:
             self._wandb = _start_wandb(wandb_project, config, self.log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         _drop_partial_last_line(self.path)
+        if resume_step is not None:
+            _drop_rows_after(self.path, resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
                 raise ConfigError("logging.tensorboard is true but tensorboard is not installed: "
                                   "pip install tensorboard, or set logging.tensorboard=false") from err
-            self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.log_dir / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append one row ``{"step": step, **metrics}``; values are numbers (or 1-element tensors)."""
@@ -118,6 +124,13 @@ def _drop_partial_last_line(path: Path) -> None:
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as handle:
             handle.truncate(data.rfind(b"\n") + 1)
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    rows = read_metrics(path.parent)
+    kept = [row for row in rows if row.get("step", 0) <= step]
+    if len(kept) != len(rows):
+        write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def read_metrics(log_dir: Path) -> list[dict]:

@@ -41,10 +41,11 @@ from flowalign.training.config import TrainConfig
 from flowalign.training.ema import EMA
 from flowalign.training.lora import add_lora, load_lora_into, save_lora
 from flowalign.training.metrics import MetricsLogger
+from flowalign.training.output_dir import prepare_fresh_output_dir
 from flowalign.training.prompts import load_prompts
 from flowalign.training.rewarding import AsyncScorer, ScoredBatch, build_rewards, concat, decode_and_score
 from flowalign.training.seeding import derive_seed, derived_generator
-from flowalign.utils.io import save_grid
+from flowalign.utils.io import save_grid, write_text
 from reward_models.base import RewardModel, build_reward
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,7 +60,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, model: FlowModel | DiffusionPipeline | None = None,
                  reward: RewardModel | None = None, accelerator: Accelerator | None = None,
-                 resume: str | None = None):
+                 resume: str | None = None, overwrite: bool = False):
+        """``resume``: None (fresh run), "latest" or a checkpoint folder. A fresh run into an output_dir that
+        holds another run raises ``ConfigError`` unless ``overwrite`` (which deletes that run's outputs)."""
         self.config = config
         self.out = Path(config.output_dir)
         # cheap validation first: prompts, algorithm and rewards fail before any model loads
@@ -102,14 +105,18 @@ class Trainer:
         self.iteration = 0
         self.skipped_in_a_row = 0
         self.history: list[dict] = []
+        found = ckpt.resolve_resume(self.out, resume)
+        if found is None:
+            prepare_fresh_output_dir(self.out, overwrite=overwrite, is_main=self.accelerator.is_main_process)
+            self.accelerator.wait_for_everyone()
+        else:
+            self.load_checkpoint(found)
         self.logger = MetricsLogger(self.out / "logs", tensorboard=config.logging.tensorboard,
-                                    wandb_project=config.logging.wandb_project,
-                                    config=_plain(config), enabled=self.accelerator.is_main_process)
+                                    wandb_project=config.logging.wandb_project, config=_plain(config),
+                                    enabled=self.accelerator.is_main_process,
+                                    resume_step=None if found is None else self.iteration)
         if self.accelerator.is_main_process:
             dump_yaml(config, self.out / "config.yaml")
-        found = ckpt.resolve_resume(self.out, resume)
-        if found is not None:
-            self.load_checkpoint(found)
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> dict:
@@ -134,7 +141,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             if cfg.lora.enabled:
                 save_lora(self.model.pipeline, self.model.transformer, self.out / "lora")
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_text(self.out / "summary.json", json.dumps(summary, indent=2))
             if cfg.logging.report:
                 from flowalign.training.run_report import write_run_report
 

@@ -1,6 +1,7 @@
 """The training loop end to end on tiny pipelines: what changes, resuming, failures and bad input."""
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from flowalign.errors import ConfigError
 from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 from flowalign.training.checkpoint import CheckpointError, list_checkpoints
 from flowalign.training.config import ModelConfig, RewardConfig, SamplingConfig
+from flowalign.training.metrics import read_metrics
 from flowalign.training.trainer import Trainer, TrainingError
 
 from trainer_helpers import NaNReward, Redness, tiny_config
@@ -89,6 +91,30 @@ def test_corrupt_checkpoint_is_reported_on_resume(tmp_path):
     (latest / "state.json").write_text("{")
     with pytest.raises(CheckpointError, match="state.json unreadable"):
         Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+
+
+def logged_steps(config):
+    return [row["step"] for row in read_metrics(f"{config.output_dir}/logs")]
+
+
+def test_a_fresh_run_refuses_a_folder_holding_another_run(tmp_path):
+    config = tiny_config(tmp_path)
+    Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness()).run()
+    with pytest.raises(ConfigError, match=r"already holds a run \(1 checkpoint.*--resume.*--overwrite"):
+        Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness())
+    Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), overwrite=True).run()
+    assert logged_steps(config) == [0, 1]  # the first run's rows are gone, not mixed in
+
+
+def test_resume_relogs_the_steps_after_its_checkpoint_once(tmp_path):
+    config = tiny_config(tmp_path, iterations=2)
+    Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness()).run()
+    # as if the run died after logging step 2 but before its checkpoint was complete
+    shutil.rmtree(list_checkpoints(config.output_dir)[-1])
+    resumed = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+    assert resumed.iteration == 1 and logged_steps(config) == [0, 1]
+    resumed.run()
+    assert logged_steps(config) == [0, 1, 2]
 
 
 def test_bad_training_input_fails_before_the_model_loads(tmp_path):

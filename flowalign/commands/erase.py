@@ -22,6 +22,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--collapse-zero-padding", action="store_true", help="SD3 without T5: faster, same velocity")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
 
 
 def _transport_args(p: argparse.ArgumentParser) -> None:
@@ -96,7 +98,8 @@ def run_train(args: argparse.Namespace) -> int:
                          anchor_prompts=anchors, random_anchors=args.random_anchors,
                          anchors_per_step=args.anchors_per_step, target_prompts=targets, steps=args.train_steps,
                          lr=args.lr, num_inference_steps=args.sampling_steps, guidance_scale=args.guidance_scale,
-                         seed=args.seed, checkpoint_every=args.checkpoint_every)
+                         seed=args.seed, checkpoint_every=args.checkpoint_every,
+                         height=args.height, width=args.width)
     model = _load(args)
     start = time.perf_counter()
     train_spm(model, config, args.out)
@@ -115,7 +118,8 @@ def _attach(args):
 def run_apply(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompt, args.prompt_file)
     model, spm, transport = _attach(args)
-    kw = dict(steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size)
+    kw = dict(steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
+              height=args.height, width=args.width)
     with spm.disabled():
         before = generate(model, prompts, **kw)
     after = generate(model, prompts, spm=spm, transport=transport, **kw)
@@ -142,7 +146,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model, spm, transport = _attach(args)
     report = erasure_report(model, spm, transport, targets, others, reward=reward, erase_component=args.component,
                             steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, height=args.height, width=args.width)
     report |= {"model": str(args.model), "spm": [str(s) for s in args.spm], "factor": args.factor,
                "transport": not args.no_transport}
     write_text(args.out, json.dumps(report, indent=2))

@@ -25,11 +25,12 @@ from flowalign.sampling import DynamicsConfig, make_generators, rollout
 @torch.no_grad()
 def generate(model: FlowModel, prompts: Sequence[str], *, spm: SPMNetwork | None = None,
              transport: FacilitatedTransport | None = None, steps: int = 20, guidance_scale: float = 1.0,
-             seed: int = 0, batch_size: int = 8) -> Tensor:
+             seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None) -> Tensor:
     """Images (B, 3, H, W) with ODE sampling; with ``spm`` attached its strength per sample is ``transport``'s γ
-    (or the network's ``scale`` without transport); ``spm=None``: whatever the model currently is."""
+    (or the network's ``scale`` without transport); ``spm=None``: whatever the model currently is.
+    ``height``/``width`` None: the pipeline's default size."""
     prompts = list(prompts)
-    geometry, out = model.default_geometry(), []
+    geometry, out = model.resolve_geometry(height, width), []
     cfg = model.uses_cfg(guidance_scale)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -68,9 +69,10 @@ def _concept_clauses(reward, images: Tensor, prompts: list[str], concepts: Seque
 def erasure_report(model: FlowModel, spm: SPMNetwork, transport: FacilitatedTransport | None,
                    target_prompts: Sequence[str], other_prompts: Sequence[str], *, reward=None,
                    erase_component: str | None = "color", steps: int = 20, guidance_scale: float = 1.0,
-                   seed: int = 0, batch_size: int = 8) -> dict:
+                   seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None) -> dict:
     """Metrics of an attached ``spm`` on ``model``; ``reward`` is a RewardModel (e.g. build_reward("shapes"))."""
-    kw = dict(steps=steps, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
+    kw = dict(steps=steps, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, height=height,
+              width=width)
     report: dict = {"concepts": spm.concepts, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}
     for name, prompts in (("target", list(target_prompts)), ("preserve", list(other_prompts))):
         if not prompts:

@@ -45,6 +45,8 @@ class EraseConfig:
     lr: float = 1e-3
     num_inference_steps: int = 10  # schedule of the partial sampling
     guidance_scale: float = 1.0  # for the partial sampling
+    height: int | None = None  # image size of the partial sampling (None: the pipeline's default)
+    width: int | None = None
     seed: int = 0
     checkpoint_every: int = 0  # 0: only at the end
 
@@ -95,7 +97,7 @@ class EraseTrainer:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.geometry = model.default_geometry()
+        self.geometry = model.resolve_geometry(config.height, config.width)
         self.sigmas = model.schedule(config.num_inference_steps, self.geometry)
         self.step_index = 0
         self.history: list[dict[str, float]] = []

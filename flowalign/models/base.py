@@ -154,6 +154,12 @@ class FlowModel(ABC):
         return Geometry(self.pipeline.default_sample_size * self.pipeline.vae_scale_factor,
                         self.pipeline.default_sample_size * self.pipeline.vae_scale_factor)
 
+    def resolve_geometry(self, height: int | None = None, width: int | None = None,
+                         num_frames: int | None = None) -> Geometry:
+        """The pipeline's default geometry with the given sizes replacing its own (None keeps the default)."""
+        default = self.default_geometry()
+        return Geometry(height or default.height, width or default.width, num_frames or default.num_frames)
+
     @abstractmethod
     def latent_shape(self, geometry: Geometry) -> tuple[int, ...]:
         """Shape of one sample's latent (no batch dimension) in the layout the transformer takes."""

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from flowalign.algorithms import PolicyBatch, build_algorithm
 from flowalign.config import dump_yaml
 from flowalign.errors import ConfigError, FlowAlignError
-from flowalign.models import FlowModel, Geometry, load_model
+from flowalign.models import FlowModel, load_model
 from flowalign.sampling import (
     DynamicsConfig,
     SDEWindow,
@@ -98,9 +98,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
         self.ema = EMA(self.params, config.ema.decay) if config.ema.enabled else None
-        default = model.default_geometry()
-        self.geometry = Geometry(config.model.height or default.height, config.model.width or default.width,
-                                 config.model.num_frames or default.num_frames)
+        self.geometry = model.resolve_geometry(config.model.height, config.model.width, config.model.num_frames)
         self.dynamics = config.sampling.dynamics_config
         self.iteration = 0
         self.skipped_in_a_row = 0

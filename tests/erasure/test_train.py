@@ -1,4 +1,4 @@
-"""Latent-anchoring training on the tiny SD3 pipeline."""
+"""Latent-anchoring training on the tiny SD3 and Flux pipelines."""
 
 import pytest
 import torch
@@ -7,13 +7,14 @@ from flowalign.erasure import load_spm, read_spm
 from flowalign.erasure.train import EraseConfig, EraseTrainer, train_spm
 from flowalign.errors import ConfigError
 from flowalign.models import load_model
-from flowalign.models.tiny import tiny_sd3_pipeline
+from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
 
 
-def test_training_reduces_erase_loss_and_saves(tmp_path):
-    model = load_model(tiny_sd3_pipeline())
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_training_reduces_erase_loss_and_saves(tmp_path, family):
+    model = load_model(tiny_sd3_pipeline() if family == "sd3" else tiny_flux_pipeline())
     config = EraseConfig(["red"], anchor_prompts=["a blue square", "two green circles"], random_anchors=1,
-                         steps=20, lr=2e-2, num_inference_steps=3, checkpoint_every=10)
+                         steps=20, lr=2e-2, num_inference_steps=3, checkpoint_every=10, height=32, width=32)
     trainer = EraseTrainer(model, config)
     trainer.train(tmp_path / "red.safetensors", progress=False)
     trainer.close()

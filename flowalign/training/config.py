@@ -129,16 +129,26 @@ class EMAConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation with ODE sampling and fixed seeds (``seed + i`` for prompt i)."""
+    """Held-out evaluation with ODE sampling and fixed seeds: image k shows prompt k mod P (P prompts) with seed
+    ``seed + k``, for k < P·samples_per_prompt. More samples per prompt shrink the noise of the mean (one image
+    per prompt on 60 prompts leaves a standard error of about 0.03 on a partial-credit reward)."""
 
     every: int = 5
     num_steps: int = 20
     guidance_scale: float | None = None
     seed: int = 1234
     max_prompts: int | None = None
+    samples_per_prompt: int = 1
     batch_size: int = 32
     metrics: list[str] = field(default_factory=list)
     use_ema: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("every", "num_steps", "batch_size", "samples_per_prompt"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ConfigError(f"eval.max_prompts must be >= 1 or null, got {self.max_prompts}")
 
 
 @dataclass

@@ -324,12 +324,13 @@ class Trainer:
         ema = self.ema.swapped() if (self.ema is not None and cfg.eval.use_ema) else contextlib.nullcontext()
         guidance = cfg.eval.guidance_scale if cfg.eval.guidance_scale is not None else cfg.sampling.guidance_scale
         use_cfg = self.model.uses_cfg(guidance)
-        indices = list(range(self.rank, len(self.eval_set), self.world))
+        num_prompts = len(self.eval_set)
+        indices = list(range(self.rank, num_prompts * cfg.eval.samples_per_prompt, self.world))
         rows, grids = [], []
         with ema:
             for first in range(0, len(indices), cfg.eval.batch_size):
                 idx = indices[first : first + cfg.eval.batch_size]
-                prompts = [self.eval_set.prompts[i] for i in idx]
+                prompts = [self.eval_set.prompts[i % num_prompts] for i in idx]
                 cond = self.model.encode_prompts(prompts, cfg.data.negative_prompt if use_cfg else None,
                                                  with_negative=use_cfg)
                 traj = rollout(self.model, cond, self.geometry, num_steps=cfg.eval.num_steps,
@@ -337,7 +338,7 @@ class Trainer:
                                generators=make_generators([cfg.eval.seed + i for i in idx], self.device),
                                guidance_scale=guidance)
                 scored = decode_and_score(self.model, self.reward, traj.final, self.geometry, prompts,
-                                          [self.eval_set.metadata[i] for i in idx])
+                                          [self.eval_set.metadata[i % num_prompts] for i in idx])
                 extra = {name: metric(scored.pixels.to(self.device), prompts).scores.float().cpu()
                          for name, metric in self.eval_metrics.items()}
                 for j, i in enumerate(idx):

@@ -117,6 +117,22 @@ def test_resume_relogs_the_steps_after_its_checkpoint_once(tmp_path):
     assert logged_steps(config) == [0, 1, 2]
 
 
+def test_eval_with_several_samples_per_prompt_averages_shifted_seeds(tmp_path):
+    config = tiny_config(tmp_path)
+    trainer = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness())
+    num_prompts = len(trainer.eval_set)
+    trainer.config.eval = dataclasses.replace(config.eval, samples_per_prompt=2, seed=7)
+    both = trainer.evaluate()["eval/reward"]
+    trainer.config.eval = dataclasses.replace(config.eval, samples_per_prompt=1, seed=7)
+    first = trainer.evaluate()["eval/reward"]
+    trainer.config.eval = dataclasses.replace(config.eval, samples_per_prompt=1, seed=7 + num_prompts)
+    second = trainer.evaluate()["eval/reward"]
+    assert first != second
+    assert both == pytest.approx((first + second) / 2, abs=1e-6)
+    with pytest.raises(ConfigError, match="eval.samples_per_prompt must be >= 1"):
+        dataclasses.replace(config.eval, samples_per_prompt=0)
+
+
 def test_bad_training_input_fails_before_the_model_loads(tmp_path):
     config = tiny_config(tmp_path)
     empty = tmp_path / "empty.txt"

@@ -16,9 +16,9 @@ RUN_OUTPUTS = ("checkpoints", "logs", "lora", "report.html", "summary.json", "co
 
 def previous_run(output_dir: Path) -> list[str]:
     """What of an earlier run is in ``output_dir``: its checkpoints and / or logged metrics."""
-    found = []
-    if list_checkpoints(output_dir):
-        found.append(f"{len(list_checkpoints(output_dir))} checkpoint(s) in {checkpoint_dir(output_dir)}")
+    found, checkpoints = [], list_checkpoints(output_dir)
+    if checkpoints:
+        found.append(f"{len(checkpoints)} checkpoint(s) in {checkpoint_dir(output_dir)}")
     if (output_dir / "logs" / METRICS_FILE).is_file():
         found.append(f"metrics in {output_dir / 'logs' / METRICS_FILE}")
     return found

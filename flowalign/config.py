@@ -58,7 +58,9 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     return from_dict(cls, merged)
 
 
-def _read_yaml(file: Path) -> dict:
+def _read_yaml(file: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML mapping; a top-level ``base: other.yaml`` (relative to this file) is read first and this file is
+    merged over it, so a recipe states only what it changes."""
     if not file.is_file():
         raise ConfigError(f"config file {str(file)!r} does not exist")
     try:
@@ -67,7 +69,15 @@ def _read_yaml(file: Path) -> dict:
         raise ConfigError(f"config file {str(file)!r} is not valid YAML: {err}") from err
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(file)!r} must hold a mapping at the top level")
-    return loaded
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config file {str(file)!r}: 'base' must be the path of another YAML file, got {base!r}")
+    parent = (file.parent / base).resolve()
+    if parent in seen or parent == file.resolve():
+        raise ConfigError(f"config file {str(file)!r}: 'base: {base}' makes a cycle")
+    return _deep_merge(_read_yaml(parent, seen + (file.resolve(),)), loaded)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -89,11 +99,17 @@ def _nest(parts: list[str], value: Any) -> dict:
     return {parts[0]: _nest(parts[1:], value) if len(parts) > 1 else value}
 
 
+def _same_variant(old: Mapping, new: Mapping) -> bool:
+    return "name" not in old or "name" not in new or old["name"] == new["name"]
+
+
 def _deep_merge(base: dict, update: Mapping) -> dict:
+    """``update`` over ``base``, recursively; a mapping naming another variant (``name``) replaces the old one."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(dict(out[key]), value)
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and _same_variant(old, value):
+            out[key] = _deep_merge(dict(old), value)
         else:
             out[key] = value
     return out

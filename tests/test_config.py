@@ -98,6 +98,21 @@ def test_tagged_union_defaults_and_switches():
     assert load_config(Outer, overrides=["method.strength=3", "method.name=fancy"]).method.strength == 3.0
 
 
+def test_base_recipe_is_merged_under_the_file(tmp_path):
+    (tmp_path / "parent.yaml").write_text("seed: 1\ninner: {lr: 0.5, steps: 3}\nmethod: {name: fancy, strength: 2}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../parent.yaml\ninner: {steps: 4}\nmethod: {name: plain}\n")
+    cfg = load_config(Outer, tmp_path / "sub" / "child.yaml", ["inner.tags=[t]"])
+    assert cfg.seed == 1 and cfg.inner.lr == 0.5 and cfg.inner.steps == 4 and cfg.inner.tags == ["t"]
+    assert isinstance(cfg.method, Plain)  # another variant replaces the base's (its 'strength' is not kept)
+    (tmp_path / "parent.yaml").write_text("base: sub/child.yaml\n")
+    with pytest.raises(ConfigError, match="makes a cycle"):
+        load_config(Outer, tmp_path / "sub" / "child.yaml")
+    (tmp_path / "lone.yaml").write_text("base: [a, b]\n")
+    with pytest.raises(ConfigError, match="'base' must be the path of another YAML file"):
+        load_config(Outer, tmp_path / "lone.yaml")
+
+
 def test_register_variant_rejects_misuse():
     with pytest.raises(TypeError, match="not a subclass"):
         register_variant(Method, "x")(Inner)

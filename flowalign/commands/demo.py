@@ -10,7 +10,7 @@ DEMO_CONFIG = ROOT / "configs" / "toy_grpo_guard.yaml"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="GRPO-Guard on the toy shapes world (CPU, ~15 min), with a report",
+    p = subparsers.add_parser("demo", help="GRPO-Guard on the toy shapes world (CPU, ~6 min), with a report",
                               description="Runs configs/toy_grpo_guard.yaml on assets/toy-sd3 and writes "
                                           "runs/demo/report.html.")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. iterations=5")

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from flowalign.training.report import curves_from_metrics, nice_ticks, svg_chart, write_report
+from flowalign.training.run_report import split_unit_range
 from flowalign.utils.io import save_png
 
 POLYLINE = re.compile(r'<polyline data-name="([^"]*)"[^>]*points="([^"]*)"')
@@ -63,6 +64,13 @@ def test_chart_has_axes_ticks_labels_and_legend():
     assert svg.count("<circle") == 3
     few_steps = svg_chart("r", {"a": [(0, 0.0), (1, 1.0), (2, 0.5)]})
     assert ">1</text>" in few_steps and ">1.5</text>" not in few_steps  # integer steps: integer x ticks
+
+
+def test_held_out_metrics_split_by_scale():
+    rows = [{"eval/reward": 0.4, "eval/blobs": 2.5}, {"eval/reward": 0.6, "eval/blobs": 0.9, "eval/pos": None},
+            {"eval/pos": 1.0}]
+    assert split_unit_range(rows, ["eval/blobs", "eval/pos", "eval/reward"]) == (["eval/pos", "eval/reward"],
+                                                                                 ["eval/blobs"])
 
 
 def test_empty_series_and_empty_charts(tmp_path):

@@ -27,16 +27,25 @@ def per_step_table(rows: list[dict]) -> list[dict]:
     return table
 
 
+def split_unit_range(rows: list[dict], keys: list[str]) -> tuple[list[str], list[str]]:
+    """``keys`` whose logged values all lie in [0, 1] (accuracies, scores), and the others (counts, ...), so
+    that each chart keeps a readable scale."""
+    unit = [k for k in keys if all(0.0 <= r[k] <= 1.0 for r in rows if r.get(k) is not None)]
+    return unit, [k for k in keys if k not in unit]
+
+
 def write_run_report(output_dir: Path, summary: dict) -> Path:
     rows = read_metrics(output_dir / "logs")
-    eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/")})
+    unit, other = split_unit_range(rows, sorted({k for r in rows for k in r if k.startswith("eval/")}))
     curves = {
         "reward": curves_from_metrics(rows, ["reward/mean"]),
-        "held-out (ODE, fixed seeds)": curves_from_metrics(rows, eval_keys),
+        "held-out (ODE, fixed seeds)": curves_from_metrics(rows, unit),
         "importance ratio": curves_from_metrics(rows, ["train/ratio_mean", "train/clip_frac_above",
                                                        "train/clip_frac_below"]),
         "speed": curves_from_metrics(rows, ["speed/rollout_images_per_s", "speed/train_pairs_per_s"]),
     }
+    if other:
+        curves["held-out, other scales"] = curves_from_metrics(rows, other)
     flat = {"iterations": summary.get("iterations")}
     for key, value in summary.get("eval_before", {}).items():
         flat[f"before {key}"] = f"{value:.4f}"

@@ -52,10 +52,11 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     merged: dict = _read_yaml(Path(path)) if path is not None else {}
     if data:
         merged = _deep_merge(merged, dict(data))
+    stated: dict = {}  # all overrides first, so that their order never matters (e.g. a variant switch)
     for item in overrides:
         key, value = parse_override(item)
-        merged = _deep_merge(merged, _nest(key.split("."), value))
-    return from_dict(cls, merged)
+        stated = _deep_merge(stated, _nest(key.split("."), value))
+    return from_dict(cls, _deep_merge(merged, stated))
 
 
 def _read_yaml(file: Path, seen: tuple[Path, ...] = ()) -> dict:

@@ -105,6 +105,9 @@ def test_base_recipe_is_merged_under_the_file(tmp_path):
     cfg = load_config(Outer, tmp_path / "sub" / "child.yaml", ["inner.tags=[t]"])
     assert cfg.seed == 1 and cfg.inner.lr == 0.5 and cfg.inner.steps == 4 and cfg.inner.tags == ["t"]
     assert isinstance(cfg.method, Plain)  # another variant replaces the base's (its 'strength' is not kept)
+    for order in (["method.name=fancy", "method.strength=5"], ["method.strength=5", "method.name=fancy"]):
+        switched = load_config(Outer, tmp_path / "sub" / "child.yaml", order).method
+        assert isinstance(switched, Fancy) and switched.strength == 5.0  # override order does not matter
     (tmp_path / "parent.yaml").write_text("base: sub/child.yaml\n")
     with pytest.raises(ConfigError, match="makes a cycle"):
         load_config(Outer, tmp_path / "sub" / "child.yaml")

@@ -76,6 +76,8 @@ def _read_yaml(file: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(base, str) or not base:
         raise ConfigError(f"config file {str(file)!r}: 'base' must be the path of another YAML file, got {base!r}")
     parent = (file.parent / base).resolve()
+    if not parent.is_file():
+        raise ConfigError(f"config file {str(file)!r}: its base {base!r} ({parent}) does not exist")
     if parent in seen or parent == file.resolve():
         raise ConfigError(f"config file {str(file)!r}: 'base: {base}' makes a cycle")
     return _deep_merge(_read_yaml(parent, seen + (file.resolve(),)), loaded)

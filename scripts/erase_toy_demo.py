@@ -30,12 +30,9 @@ from reward_models import build_reward
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def names(prompt: str, colour: str) -> bool:
-    return any(o.color == colour for o in parse_prompt(prompt).objects)
-
-
 def split_by_colour(prompts: list[str], colour: str) -> tuple[list[str], list[str]]:
-    return [p for p in prompts if names(p, colour)], [p for p in prompts if not names(p, colour)]
+    named = {p for p in prompts if parse_prompt(p).names(colour)}
+    return [p for p in prompts if p in named], [p for p in prompts if p not in named]
 
 
 def main() -> None:

@@ -111,6 +111,9 @@ def test_base_recipe_is_merged_under_the_file(tmp_path):
     (tmp_path / "parent.yaml").write_text("base: sub/child.yaml\n")
     with pytest.raises(ConfigError, match="makes a cycle"):
         load_config(Outer, tmp_path / "sub" / "child.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"orphan.yaml'.*its base 'nowhere.yaml'.*does not exist"):
+        load_config(Outer, tmp_path / "orphan.yaml")
     (tmp_path / "lone.yaml").write_text("base: [a, b]\n")
     with pytest.raises(ConfigError, match="'base' must be the path of another YAML file"):
         load_config(Outer, tmp_path / "lone.yaml")

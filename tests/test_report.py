@@ -71,6 +71,7 @@ def test_held_out_metrics_split_by_scale():
             {"eval/pos": 1.0}]
     assert split_unit_range(rows, ["eval/blobs", "eval/pos", "eval/reward"]) == (["eval/pos", "eval/reward"],
                                                                                  ["eval/blobs"])
+    assert split_unit_range(rows[:1], ["eval/blobs"]) == (["eval/blobs"], [])  # never an empty main chart
 
 
 def test_empty_series_and_empty_charts(tmp_path):

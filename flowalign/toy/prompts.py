@@ -74,6 +74,10 @@ class ParsedPrompt:
     def total_count(self) -> int:
         return sum(o.count for o in self.objects)
 
+    def names(self, word: str) -> bool:
+        """Whether an object of the prompt has colour or shape ``word`` ("red", "circle")."""
+        return any(word in (o.color, o.shape) for o in self.objects)
+
 
 def clause_text(clause: ObjectClause) -> str:
     plural = "s" if clause.count > 1 else ""

@@ -79,8 +79,9 @@ def verify_components(parsed: ParsedPrompt, comps: list[Component], margin: floa
 
 def concept_clause(parsed: ParsedPrompt, verdict: Verdict, concept: str) -> float | None:
     """Mean of the clauses that check ``concept`` in one image: for a colour, the ``color`` clauses of the
-    objects of that colour; for a shape, the ``shape`` clauses of the objects of that shape. None when the
-    prompt does not name the concept. Erasing a concept should drive this towards 0."""
+    objects of that colour; for a shape, the ``shape`` clauses of the objects of that shape (which also ask for
+    the object's colour: a red circle drawn green fails "circle" too). None when the prompt does not name the
+    concept. Erasing a concept should drive this towards 0."""
     if concept in COLORS:
         hits = [v for o, v in zip(parsed.objects, verdict.color) if o.color == concept]
     elif concept in SHAPES:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
 from flowalign.errors import ConfigError
-from flowalign.training.checkpoint import checkpoint_dir, list_checkpoints
+from flowalign.training.checkpoint import CheckpointError, checkpoint_dir, list_checkpoints, resolve_resume
 from flowalign.training.metrics import METRICS_FILE
 
 #: what a run writes into its output folder (removed by ``overwrite``)
@@ -24,18 +27,43 @@ def previous_run(output_dir: Path) -> list[str]:
     return found
 
 
-def prepare_fresh_output_dir(output_dir: Path, *, overwrite: bool, is_main: bool) -> None:
-    """Before a run that starts at iteration 0: clear an earlier run's outputs (``overwrite``) or refuse."""
-    found = previous_run(output_dir)
-    if not found:
-        return
-    if not overwrite:
-        raise ConfigError(f"output_dir {str(output_dir)!r} already holds a run ({'; '.join(found)}). Continue it "
-                          f"with --resume, start over with --overwrite, or set another output_dir=...")
-    if is_main:
-        for name in RUN_OUTPUTS:
-            path = output_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+def clear_run_outputs(output_dir: Path) -> None:
+    for name in RUN_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def claim_output_dir(output_dir: Path, resume: str | None, overwrite: bool, accelerator: Accelerator) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run, for which ``output_dir`` is cleared first.
+
+    A fresh run (``resume`` None) into a folder holding another run raises ``ConfigError`` unless ``overwrite``;
+    ``resume="latest"`` with no checkpoint starts fresh and clears the stale outputs. The main process decides
+    and tells the others, so every process agrees even without a shared file system."""
+    if overwrite and resume is not None:
+        raise ConfigError("resume and overwrite exclude each other: resume continues the run in output_dir, "
+                          "overwrite deletes it")
+    verdict: list = [None, []]
+    if accelerator.is_main_process:
+        try:
+            found = resolve_resume(output_dir, resume)
+            verdict = [None if found is None else str(found), [] if found or resume else previous_run(output_dir)]
+        except CheckpointError as err:  # raised on every process below, so none waits for the others
+            verdict = [err, []]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(verdict)
+    found, stale = verdict
+    if isinstance(found, CheckpointError):
+        raise found
+    if stale and not overwrite:
+        raise ConfigError(f"output_dir {str(output_dir)!r} already holds a run ({'; '.join(stale)}). Continue it "
+                          f"with --resume (Trainer(resume='latest')), start over with --overwrite "
+                          f"(Trainer(overwrite=True)), or set another output_dir=...")
+    if found is None:
+        if accelerator.is_main_process:
+            clear_run_outputs(output_dir)
+        accelerator.wait_for_everyone()
+        return None
+    return Path(found)

@@ -29,9 +29,10 @@ def per_step_table(rows: list[dict]) -> list[dict]:
 
 def split_unit_range(rows: list[dict], keys: list[str]) -> tuple[list[str], list[str]]:
     """``keys`` whose logged values all lie in [0, 1] (accuracies, scores), and the others (counts, ...), so
-    that each chart keeps a readable scale."""
+    that each chart keeps a readable scale; all keys in one group when either group would be empty."""
     unit = [k for k in keys if all(0.0 <= r[k] <= 1.0 for r in rows if r.get(k) is not None)]
-    return unit, [k for k in keys if k not in unit]
+    other = [k for k in keys if k not in unit]
+    return (unit, other) if unit and other else (list(keys), [])
 
 
 def write_run_report(output_dir: Path, summary: dict) -> Path:

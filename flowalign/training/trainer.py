@@ -41,7 +41,7 @@ from flowalign.training.config import TrainConfig
 from flowalign.training.ema import EMA
 from flowalign.training.lora import add_lora, load_lora_into, save_lora
 from flowalign.training.metrics import MetricsLogger
-from flowalign.training.output_dir import prepare_fresh_output_dir
+from flowalign.training.output_dir import claim_output_dir
 from flowalign.training.prompts import load_prompts
 from flowalign.training.rewarding import AsyncScorer, ScoredBatch, build_rewards, concat, decode_and_score
 from flowalign.training.seeding import derive_seed, derived_generator
@@ -61,8 +61,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, model: FlowModel | DiffusionPipeline | None = None,
                  reward: RewardModel | None = None, accelerator: Accelerator | None = None,
                  resume: str | None = None, overwrite: bool = False):
-        """``resume``: None (fresh run), "latest" or a checkpoint folder. A fresh run into an output_dir that
-        holds another run raises ``ConfigError`` unless ``overwrite`` (which deletes that run's outputs)."""
+        """``resume``: None (fresh run), "latest" (the newest checkpoint; fresh if none) or a checkpoint folder.
+        A fresh run into an output_dir that holds another run raises ``ConfigError`` unless ``overwrite`` (which
+        deletes that run's outputs); this is checked before the model loads."""
         self.config = config
         self.out = Path(config.output_dir)
         # cheap validation first: prompts, algorithm and rewards fail before any model loads
@@ -77,6 +78,7 @@ class Trainer:
         self.accelerator = accelerator or Accelerator()
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        resume_from = claim_output_dir(self.out, resume, overwrite, self.accelerator)
 
         torch.manual_seed(derive_seed(config.seed, "init"))
         dtype = DTYPES[config.model.dtype]
@@ -103,16 +105,12 @@ class Trainer:
         self.iteration = 0
         self.skipped_in_a_row = 0
         self.history: list[dict] = []
-        found = ckpt.resolve_resume(self.out, resume)
-        if found is None:
-            prepare_fresh_output_dir(self.out, overwrite=overwrite, is_main=self.accelerator.is_main_process)
-            self.accelerator.wait_for_everyone()
-        else:
-            self.load_checkpoint(found)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
         self.logger = MetricsLogger(self.out / "logs", tensorboard=config.logging.tensorboard,
                                     wandb_project=config.logging.wandb_project, config=_plain(config),
                                     enabled=self.accelerator.is_main_process,
-                                    resume_step=None if found is None else self.iteration)
+                                    resume_step=None if resume_from is None else self.iteration)
         if self.accelerator.is_main_process:
             dump_yaml(config, self.out / "config.yaml")
 

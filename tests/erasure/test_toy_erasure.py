@@ -14,7 +14,7 @@ TOY = Path(__file__).resolve().parents[2] / "assets" / "toy-sd3"
 
 
 def names_red(prompt: str) -> bool:
-    return any(o.color == "red" for o in parse_prompt(prompt).objects)
+    return parse_prompt(prompt).names("red")
 
 
 def test_erasing_red_on_the_toy_model():

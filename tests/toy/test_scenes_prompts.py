@@ -33,6 +33,8 @@ def test_parse_roundtrip_and_errors():
         assert parse_prompt(p.text) == p
     parsed = parse_prompt("a green triangle above a red circle")
     assert parsed.relation.relation == "above" and parsed.objects[1].shape == "circle"
+    assert parsed.names("red") and parsed.names("triangle") and not parsed.names("blue")
+    assert not parse_prompt("two red circles").names("circles")  # words of the grammar, not substrings
     for bad in ("a purple circle", "two red circle", "five red circles", "a red circle near a blue square", ""):
         with pytest.raises(PromptParseError, match="prompt"):
             parse_prompt(bad)

@@ -104,6 +104,12 @@ def test_a_fresh_run_refuses_a_folder_holding_another_run(tmp_path):
         Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness())
     Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), overwrite=True).run()
     assert logged_steps(config) == [0, 1]  # the first run's rows are gone, not mixed in
+    with pytest.raises(ConfigError, match="resume and overwrite exclude each other"):
+        Trainer(config, resume="latest", overwrite=True)
+    # a run that died before its first checkpoint: --resume starts it afresh, without the stale rows
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    resumed = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+    assert resumed.iteration == 0 and logged_steps(config) == []
 
 
 def test_resume_relogs_the_steps_after_its_checkpoint_once(tmp_path):

@@ -12,11 +12,12 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from flowalign.utils.io import atomic_dir
 
 STATE_FILE = "state.json"
 PREFIX = "iter-"
@@ -43,20 +44,11 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(output_dir: str | os.PathLike, iteration: int, write_files, state: dict, keep_last: int) -> Path:
     """Create checkpoint ``iteration``: ``write_files(tmp_folder)`` writes the payload, then the folder is renamed
     into place and all but the ``keep_last`` newest checkpoints are removed."""
-    root = checkpoint_dir(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{iteration:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    final = checkpoint_dir(output_dir) / f"{PREFIX}{iteration:06d}"
+    with atomic_dir(final) as tmp:
         write_files(tmp)
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -13,7 +13,7 @@ from flowalign.training.checkpoint import CheckpointError, checkpoint_dir, list_
 from flowalign.training.metrics import METRICS_FILE
 
 #: what a run writes into its output folder (removed by ``overwrite``)
-RUN_OUTPUTS = ("checkpoints", "logs", "lora", "report.html", "summary.json", "config.yaml",
+RUN_OUTPUTS = ("checkpoints", "logs", "lora", "transformer", "report.html", "summary.json", "config.yaml",
                "eval_before.png", "eval_after.png")
 
 

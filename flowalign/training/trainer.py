@@ -45,7 +45,7 @@ from flowalign.training.output_dir import claim_output_dir
 from flowalign.training.prompts import load_prompts
 from flowalign.training.rewarding import AsyncScorer, ScoredBatch, build_rewards, concat, decode_and_score
 from flowalign.training.seeding import derive_seed, derived_generator
-from flowalign.utils.io import save_grid, write_text
+from flowalign.utils.io import atomic_dir, save_grid, write_text
 from reward_models.base import RewardModel, build_reward
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -135,8 +135,7 @@ class Trainer:
                 self.save_checkpoint()
         summary = self.summary()
         if self.accelerator.is_main_process:
-            if cfg.lora.enabled:
-                save_lora(self.model.pipeline, self.model.transformer, self.out / "lora")
+            self.save_final_model()
             write_text(self.out / "summary.json", json.dumps(summary, indent=2))
             if cfg.logging.report:
                 from flowalign.training.run_report import write_run_report
@@ -319,13 +318,12 @@ class Trainer:
     def evaluate(self, tag: str | None = None) -> dict[str, float]:
         """Held-out prompts, ODE sampling, fixed seeds; the training reward, its components and extra metrics."""
         cfg = self.config
-        ema = self.ema.swapped() if (self.ema is not None and cfg.eval.use_ema) else contextlib.nullcontext()
         guidance = cfg.eval.guidance_scale if cfg.eval.guidance_scale is not None else cfg.sampling.guidance_scale
         use_cfg = self.model.uses_cfg(guidance)
         num_prompts = len(self.eval_set)
         indices = list(range(self.rank, num_prompts * cfg.eval.samples_per_prompt, self.world))
         rows, grids = [], []
-        with ema:
+        with self.final_weights():
             for first in range(0, len(indices), cfg.eval.batch_size):
                 idx = indices[first : first + cfg.eval.batch_size]
                 prompts = [self.eval_set.prompts[i % num_prompts] for i in idx]
@@ -360,6 +358,22 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def final_weights(self) -> contextlib.AbstractContextManager:
+        """The weights evaluation uses: the EMA's when it is on and ``eval.use_ema``, else the trained ones."""
+        use_ema = self.ema is not None and self.config.eval.use_ema
+        return self.ema.swapped() if use_ema else contextlib.nullcontext()
+
+    def save_final_model(self) -> Path:
+        """The trained model as evaluated (see ``final_weights``), written atomically: ``lora/`` for diffusers'
+        ``load_lora_weights``, or ``transformer/`` (``save_pretrained``) after full fine-tuning."""
+        name = "lora" if self.config.lora.enabled else "transformer"
+        with self.final_weights(), atomic_dir(self.out / name) as tmp:
+            if self.config.lora.enabled:
+                save_lora(self.model.pipeline, self.model.transformer, tmp)
+            else:
+                self.model.transformer.save_pretrained(tmp)
+        return self.out / name
+
     def save_checkpoint(self) -> Path | None:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:

@@ -5,11 +5,14 @@ import shutil
 
 import pytest
 import torch
+from diffusers import SD3Transformer2DModel
+from safetensors.torch import load_file
 
 from flowalign.errors import ConfigError
 from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 from flowalign.training.checkpoint import CheckpointError, list_checkpoints
-from flowalign.training.config import ModelConfig, RewardConfig, SamplingConfig
+from flowalign.training.config import ModelConfig, OptimConfig, RewardConfig, SamplingConfig
+from flowalign.training.lora import LoRAConfig, lora_state_dict
 from flowalign.training.metrics import read_metrics
 from flowalign.training.trainer import Trainer, TrainingError
 
@@ -44,6 +47,34 @@ def test_one_training_step_changes_only_the_adapter(tmp_path, family):
     assert all("lora_" in k for k in changed), sorted(k for k in changed if "lora_" not in k)[:5]
     assert "eval/reward" in summary["eval_after"]
     assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_final_model_is_the_evaluated_one(tmp_path):
+    """The saved adapter holds the EMA weights that the final evaluation used, not the raw trained ones."""
+    trainer = Trainer(tiny_config(tmp_path), model=tiny_sd3_pipeline(seed=0), reward=Redness())
+    trainer.run()
+    saved = {k.removeprefix("transformer."): v for k, v in
+             load_file(tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").items()}
+    with trainer.final_weights():
+        evaluated = {k: v.clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
+    raw = lora_state_dict(trainer.model.transformer)
+    assert saved.keys() == evaluated.keys()
+    assert all(torch.equal(saved[k], evaluated[k]) for k in saved)
+    assert not all(torch.equal(saved[k], raw[k]) for k in saved)
+
+
+def test_full_fine_tuning_saves_a_diffusers_transformer(tmp_path):
+    config = tiny_config(tmp_path, lora=LoRAConfig(enabled=False), optim=OptimConfig(lr=1e-3, micro_batch_size=3))
+    pipeline = tiny_sd3_pipeline(seed=0)
+    before = {k: v.clone() for k, v in pipeline.transformer.state_dict().items()}
+    trainer = Trainer(config, model=pipeline, reward=Redness())
+    trainer.run()
+    loaded = SD3Transformer2DModel.from_pretrained(tmp_path / "run" / "transformer")
+    with trainer.final_weights():
+        evaluated = pipeline.transformer.state_dict()
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in evaluated.items())
+    assert any(not torch.equal(loaded.state_dict()[k], before[k]) for k in before)
+    assert not (tmp_path / "run" / "lora").exists()
 
 
 def lora_params(trainer):

@@ -323,7 +323,7 @@ class Trainer:
         num_prompts = len(self.eval_set)
         indices = list(range(self.rank, num_prompts * cfg.eval.samples_per_prompt, self.world))
         rows, grids = [], []
-        with self.final_weights():
+        with self.evaluated_weights():
             for first in range(0, len(indices), cfg.eval.batch_size):
                 idx = indices[first : first + cfg.eval.batch_size]
                 prompts = [self.eval_set.prompts[i % num_prompts] for i in idx]
@@ -358,16 +358,16 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def final_weights(self) -> contextlib.AbstractContextManager:
+    def evaluated_weights(self) -> contextlib.AbstractContextManager:
         """The weights evaluation uses: the EMA's when it is on and ``eval.use_ema``, else the trained ones."""
         use_ema = self.ema is not None and self.config.eval.use_ema
         return self.ema.swapped() if use_ema else contextlib.nullcontext()
 
     def save_final_model(self) -> Path:
-        """The trained model as evaluated (see ``final_weights``), written atomically: ``lora/`` for diffusers'
+        """The trained model as evaluated (see ``evaluated_weights``), written atomically: ``lora/`` for diffusers'
         ``load_lora_weights``, or ``transformer/`` (``save_pretrained``) after full fine-tuning."""
         name = "lora" if self.config.lora.enabled else "transformer"
-        with self.final_weights(), atomic_dir(self.out / name) as tmp:
+        with self.evaluated_weights(), atomic_dir(self.out / name) as tmp:
             if self.config.lora.enabled:
                 save_lora(self.model.pipeline, self.model.transformer, tmp)
             else:

@@ -55,7 +55,7 @@ def test_final_model_is_the_evaluated_one(tmp_path):
     trainer.run()
     saved = {k.removeprefix("transformer."): v for k, v in
              load_file(tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").items()}
-    with trainer.final_weights():
+    with trainer.evaluated_weights():
         evaluated = {k: v.clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
     raw = lora_state_dict(trainer.model.transformer)
     assert saved.keys() == evaluated.keys()
@@ -70,7 +70,7 @@ def test_full_fine_tuning_saves_a_diffusers_transformer(tmp_path):
     trainer = Trainer(config, model=pipeline, reward=Redness())
     trainer.run()
     loaded = SD3Transformer2DModel.from_pretrained(tmp_path / "run" / "transformer")
-    with trainer.final_weights():
+    with trainer.evaluated_weights():
         evaluated = pipeline.transformer.state_dict()
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in evaluated.items())
     assert any(not torch.equal(loaded.state_dict()[k], before[k]) for k in before)

@@ -46,22 +46,29 @@ def register_variant(base: type, name: str) -> Callable[[C], C]:
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = (), *,
                 data: Mapping | None = None) -> T:
-    """YAML file (optional) ← ``data`` (optional) ← dotted overrides → a ``cls`` instance."""
+    """YAML file (optional) ← ``data`` (optional) ← dotted overrides → a ``cls`` instance.
+
+    Later layers are merged into earlier ones section by section; a mapping given for a free-form mapping
+    field (``reward.weights``) replaces it, while a dotted key into one (``reward.weights.pickscore=1``) sets
+    that entry only."""
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a list of key=value strings, got the string {overrides!r}")
-    merged: dict = _read_yaml(Path(path)) if path is not None else {}
+    layers = _read_yaml(Path(path)) if path is not None else []
     if data:
-        merged = _deep_merge(merged, dict(data))
+        layers.append(dict(data))
     stated: dict = {}  # all overrides first, so that their order never matters (e.g. a variant switch)
     for item in overrides:
         key, value = parse_override(item)
         stated = _deep_merge(stated, _nest(key.split("."), value))
-    return from_dict(cls, _deep_merge(merged, stated))
+    merged: dict = {}
+    for layer in [*layers, stated]:
+        merged = _merge_section(cls, merged, layer)
+    return from_dict(cls, merged)
 
 
-def _read_yaml(file: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """A YAML mapping; a top-level ``base: other.yaml`` (relative to this file) is read first and this file is
-    merged over it, so a recipe states only what it changes."""
+def _read_yaml(file: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+    """The layers of a YAML recipe, base first: a top-level ``base: other.yaml`` (relative to this file) is
+    read before the file itself, so a recipe states only what it changes."""
     if not file.is_file():
         raise ConfigError(f"config file {str(file)!r} does not exist")
     try:
@@ -72,7 +79,7 @@ def _read_yaml(file: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file {str(file)!r} must hold a mapping at the top level")
     base = loaded.pop("base", None)
     if base is None:
-        return loaded
+        return [loaded]
     if not isinstance(base, str) or not base:
         raise ConfigError(f"config file {str(file)!r}: 'base' must be the path of another YAML file, got {base!r}")
     parent = (file.parent / base).resolve()
@@ -80,7 +87,7 @@ def _read_yaml(file: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file {str(file)!r}: its base {base!r} ({parent}) does not exist")
     if parent in seen or parent == file.resolve():
         raise ConfigError(f"config file {str(file)!r}: 'base: {base}' makes a cycle")
-    return _deep_merge(_read_yaml(parent, seen + (file.resolve(),)), loaded)
+    return [*_read_yaml(parent, seen + (file.resolve(),)), loaded]
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -98,8 +105,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     return ".".join(part.strip() for part in key.split(".")), value
 
 
+class _DottedPath(dict):
+    """The nesting built from a dotted override key: its entries are set one by one, never replacing."""
+
+
 def _nest(parts: list[str], value: Any) -> dict:
-    return {parts[0]: _nest(parts[1:], value) if len(parts) > 1 else value}
+    return _DottedPath({parts[0]: _nest(parts[1:], value) if len(parts) > 1 else value})
 
 
 def _same_variant(old: Mapping, new: Mapping) -> bool:
@@ -107,14 +118,43 @@ def _same_variant(old: Mapping, new: Mapping) -> bool:
 
 
 def _deep_merge(base: dict, update: Mapping) -> dict:
-    """``update`` over ``base``, recursively; a mapping naming another variant (``name``) replaces the old one."""
-    out = dict(base)
+    """``update`` over ``base``, recursively, without a schema (the overrides among themselves)."""
+    out = type(update)(base) if isinstance(update, _DottedPath) and isinstance(base, _DottedPath) else dict(base)
     for key, value in update.items():
         old = out.get(key)
         if isinstance(value, Mapping) and isinstance(old, Mapping) and _same_variant(old, value):
-            out[key] = _deep_merge(dict(old), value)
+            out[key] = _deep_merge(old, value)
         else:
             out[key] = value
+    return out
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass behind a field annotation (``X``, ``X | None``), or None for any other type."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _merge_section(cls: type, base: Mapping, update: Mapping) -> dict:
+    """``update`` over ``base`` for the fields of dataclass ``cls``: a section (a dataclass field) merges
+    key by key unless the update names another variant (``name``), which replaces it; any other field,
+    free-form mappings included, is replaced, except for the entries a dotted key sets one by one."""
+    if isinstance(cls, type) and isinstance(getattr(cls, "variants", None), dict):
+        cls = cls.variants.get(update.get("name", base.get("name")), cls)
+    hints = _type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+    out = dict(base)
+    for key, value in update.items():
+        old, section = out.get(key), _section_type(hints.get(key))
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and _same_variant(old, value):
+            if section is not None:
+                out[key] = _merge_section(section, old, value)
+                continue
+            if isinstance(value, _DottedPath):
+                out[key] = _deep_merge(dict(old), value)
+                continue
+        out[key] = dict(value) if isinstance(value, _DottedPath) else value
     return out
 
 

@@ -119,6 +119,23 @@ def test_base_recipe_is_merged_under_the_file(tmp_path):
         load_config(Outer, tmp_path / "lone.yaml")
 
 
+def test_a_mapping_value_replaces_a_free_form_mapping_and_a_dotted_key_sets_one_entry(tmp_path):
+    """``reward.weights={pickscore: 1}`` means "this reward mix", not "add pickscore to the recipe's"."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("reward: {weights: {shapes: 1.0}, kwargs: {shapes: {margin: 3.0}}}\n")
+    replaced = load_config(TrainConfig, recipe, ["reward.weights={shapes_graded: 1.0}", "reward.kwargs={}"])
+    assert replaced.reward.weights == {"shapes_graded": 1.0} and replaced.reward.kwargs == {}
+    added = load_config(TrainConfig, recipe, ["reward.weights.shapes_quality=0.5"]).reward
+    assert added.weights == {"shapes": 1.0, "shapes_quality": 0.5} and added.kwargs == {"shapes": {"margin": 3.0}}
+    nested = load_config(TrainConfig, recipe, ["reward.kwargs.shapes.min_area=4"]).reward.kwargs
+    assert nested == {"shapes": {"margin": 3.0, "min_area": 4}}
+    child = tmp_path / "child.yaml"  # a child recipe's mapping replaces too; the rest of the section is kept
+    child.write_text("base: r.yaml\nreward: {weights: {pickscore: 1.0}}\n")
+    with pytest.raises(ConfigError, match="reward.kwargs has entries"):  # the base's kwargs name 'shapes'
+        load_config(TrainConfig, child)
+    assert load_config(TrainConfig, child, ["reward.kwargs={}"]).reward.weights == {"pickscore": 1.0}
+
+
 def test_register_variant_rejects_misuse():
     with pytest.raises(TypeError, match="not a subclass"):
         register_variant(Method, "x")(Inner)

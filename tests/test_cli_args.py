@@ -1,0 +1,21 @@
+"""Command-line parsing: dotted overrides may sit before or after options; anything else unknown is rejected."""
+
+import pytest
+
+from flowalign.cli import parse_args
+
+
+def test_overrides_before_and_after_options():
+    args = parse_args(["train", "r.yaml", "optim.lr=1e-3", "--overwrite", "iterations=5", "eval.every=2"])
+    assert args.config == "r.yaml" and args.overwrite
+    assert args.overrides == ["optim.lr=1e-3", "iterations=5", "eval.every=2"]
+    assert parse_args(["demo", "--resume", "iterations=3"]).overrides == ["iterations=3"]
+
+
+@pytest.mark.parametrize("argv", [["train", "r.yaml", "--overwrite", "stray"],
+                                  ["train", "r.yaml", "--no-such-flag", "a=1"],
+                                  ["reward", "score", "--images", "x", "--reward", "shapes", "--out", "o", "a=1"]])
+def test_unknown_arguments_are_rejected(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err

@@ -107,12 +107,15 @@ def concept_scores(images: Tensor, prompts: list[str], concept: str,
 
 
 def verify(images: Tensor, prompts: list[str], config: VerifyConfig = VerifyConfig()) -> tuple[Tensor, dict[str, Tensor]]:
-    """Scores (B,) float32 and per-clause-type components (B,) each; ``position`` is NaN without relation.
+    """Scores (B,) float32 and per-clause-type components (B,) each; ``position`` is NaN without relation,
+    ``shape[circle|square|triangle]`` (the shape clauses of the objects of that shape) NaN without one.
 
     Every prompt is parsed first, so a prompt outside the grammar raises ``PromptParseError`` naming it.
     """
-    _, comps, verdicts = _verdicts(images, prompts, config)
+    parsed, comps, verdicts = _verdicts(images, prompts, config)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    by_shape = {f"shape[{s}]": [math.nan if (c := concept_clause(p, v, s)) is None else c
+                                for p, v in zip(parsed, verdicts)] for s in SHAPES}
     parts = {
         "color": [mean(v.color) for v in verdicts],
         "shape": [mean(v.shape) for v in verdicts],
@@ -120,6 +123,7 @@ def verify(images: Tensor, prompts: list[str], config: VerifyConfig = VerifyConf
         "position": [math.nan if v.position is None else v.position for v in verdicts],
         "all_correct": [float(all(x == 1.0 for x in v.clauses)) for v in verdicts],
         "num_components": [float(len(c)) for c in comps],
+        **by_shape,
     }
     scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
     return scores, {k: torch.tensor(v, dtype=torch.float32) for k, v in parts.items()}

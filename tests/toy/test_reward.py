@@ -63,6 +63,17 @@ def test_concept_clause_scores_only_the_concepts_clauses():
     assert r.concept_scores(images, prompts, "purple") is None
 
 
+def test_per_shape_clause_components():
+    """shape[s] averages the shape clauses of the prompt's s-objects: a square drawn round fails shape[square]
+    only, and prompts without squares do not enter it."""
+    prompts = ["a red circle and a blue square", "a red circle and a blue square", "two red circles"]
+    images = torch.stack([render([RC, BS]), render([RC, Placed("blue", "circle", 24, 8, 9)]), render([RC, RC2])])
+    parts = build_reward("shapes")(images, prompts).components
+    assert parts["shape[circle]"].tolist() == [1.0, 1.0, 1.0]
+    assert parts["shape[square]"][:2].tolist() == [1.0, 0.0] and torch.isnan(parts["shape[square]"][2])
+    assert torch.isnan(parts["shape[triangle]"]).all()
+
+
 def test_prompt_outside_grammar_raises():
     with pytest.raises(PromptParseError, match="purple"):
         build_reward("shapes")(render([RC])[None], ["a purple circle"])

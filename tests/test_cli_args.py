@@ -12,6 +12,19 @@ def test_overrides_before_and_after_options():
     assert parse_args(["demo", "--resume", "iterations=3"]).overrides == ["iterations=3"]
 
 
+def test_an_override_after_resume_is_not_taken_for_a_checkpoint(tmp_path):
+    from flowalign.commands.train import resume_override
+
+    args = parse_args(["train", "r.yaml", "--resume", "optim.lr=1e-4"])
+    resume_override(args)
+    assert args.resume == "latest" and args.overrides == ["optim.lr=1e-4"]
+    odd = tmp_path / "ckpt=1"
+    odd.mkdir()
+    args = parse_args(["train", "r.yaml", "--resume", str(odd), "iterations=2"])
+    resume_override(args)
+    assert args.resume == str(odd) and args.overrides == ["iterations=2"]
+
+
 @pytest.mark.parametrize("argv", [["train", "r.yaml", "--overwrite", "stray"],
                                   ["train", "r.yaml", "--no-such-flag", "a=1"],
                                   ["reward", "score", "--images", "x", "--reward", "shapes", "--out", "o", "a=1"]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,10 +19,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def resume_override(args: argparse.Namespace) -> None:
+    """``--resume optim.lr=1e-4``: argparse hands the override to --resume as its checkpoint; give it back
+    (a value with "=" that is not an existing folder) and resume from the newest checkpoint."""
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides = [*args.overrides, args.resume]
+        args.resume = "latest"
+
+
 def run(args: argparse.Namespace) -> int:
     from flowalign.config import load_config
     from flowalign.training.config import TrainConfig
 
+    resume_override(args)
     config = load_config(TrainConfig, args.config, args.overrides)  # errors here, before any model loads
     from flowalign.training.trainer import Trainer
 

@@ -41,17 +41,20 @@ def sample(model, prompts: list[str], seeds: list[int], cfg: EvalConfig) -> torc
     return model.decode(x, geo)
 
 
+def sample_jobs(model, jobs: list[tuple[str, int]], cfg: EvalConfig) -> torch.Tensor:
+    """Images for (prompt, seed) jobs, ``cfg.batch`` at a time, in job order."""
+    return torch.cat([sample(model, [p for p, _ in jobs[k : k + cfg.batch]], [s for _, s in jobs[k : k + cfg.batch]],
+                             cfg) for k in range(0, len(jobs), cfg.batch)])
+
+
 def evaluate(path_or_model, cfg: EvalConfig = EvalConfig(), prompts: list[str] | None = None) -> dict:
     """Mean "shapes" reward, strict accuracy and quality on held-out prompts, plus images and timing."""
     model = load_model(path_or_model) if isinstance(path_or_model, str) else path_or_model
     prompts = list(prompts if prompts is not None else heldout_prompts())
     jobs = [(p, cfg.seed + 1000 * i + j) for i in range(cfg.samples_per_prompt) for j, p in enumerate(prompts)]
-    images, t0 = [], time.perf_counter()
-    for k in range(0, len(jobs), cfg.batch):
-        chunk = jobs[k : k + cfg.batch]
-        images.append(sample(model, [p for p, _ in chunk], [s for _, s in chunk], cfg))
+    t0 = time.perf_counter()
+    images_t = sample_jobs(model, jobs, cfg)
     seconds = time.perf_counter() - t0
-    images_t = torch.cat(images)
     all_prompts = [p for p, _ in jobs]
     scores, parts = verify(images_t, all_prompts)
     q, _ = quality(images_t)

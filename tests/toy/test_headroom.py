@@ -1,0 +1,49 @@
+"""Headroom measures of a toy pipeline: best-of-n and top-quarter invariants, the script's table and JSON."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+from flowalign.models.loading import load_model
+from flowalign.toy.evaluate import EvalConfig
+from flowalign.toy.headroom import heldout_headroom, single_shapes
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["two red circles", "a blue square left of a green circle", "three yellow triangles",
+           "a red circle and two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model(str(ROOT / "assets" / "toy-sd3"))
+
+
+def test_best_of_n_bounds(toy):
+    cfg = EvalConfig(steps=6, guidance=1.0, batch=32)
+    out = heldout_headroom(toy, 4, cfg, PROMPTS)
+    assert out["best_of_1"] <= out["best_of_4"] and out["mean"] <= out["top_quarter"] == out["best_of_4"]
+    assert 0.0 <= out["mean"] <= 1.0 and set(out["by_kind"]) == {"count", "pair", "relation"}
+    assert set(out["clauses"]) >= {"shape[circle]", "shape[square]", "shape[triangle]"}
+    one = heldout_headroom(toy, 1, cfg, PROMPTS)  # the first seed of each prompt is the same image
+    assert one["mean"] == one["best_of_1"] == one["top_quarter"] == pytest.approx(out["best_of_1"])
+    with pytest.raises(ValueError, match="seeds must be >= 1"):
+        heldout_headroom(toy, 0, cfg, PROMPTS)
+
+
+def test_single_shapes_classifies_every_component(toy):
+    out = single_shapes(toy, 1, EvalConfig(steps=6, guidance=1.0))
+    assert set(out) == {"circle", "square", "triangle"}
+    for row in out.values():
+        assert sum(row["classified"].values()) == row["components"]
+        assert 0.0 <= row["fill"] <= 1.0 and 0.0 <= row["corners"] <= 4.0
+
+
+def test_script_prints_and_writes_json(tmp_path, capsys):
+    main = runpy.run_path(str(ROOT / "scripts" / "toy_headroom.py"))["main"]
+    main(["--seeds", "1", "--single-seeds", "1", "--steps", "4", "--json", str(tmp_path / "h.json")])
+    printed = capsys.readouterr().out
+    assert "best_of_1" in printed and "shape[square]" in printed and "classified as" in printed
+    saved = json.loads((tmp_path / "h.json").read_text())
+    assert saved["seeds"] == 1 and saved["heldout"]["mean"] == saved["heldout"]["best_of_1"]

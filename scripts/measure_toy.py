@@ -17,9 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
 
 from flowalign.models.loading import load_model  # noqa: E402
 from flowalign.toy.evaluate import EvalConfig, evaluate, sample  # noqa: E402
+from flowalign.utils.io import save_png, write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,12 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in row.items():
         print(f"{k:16s} {v:.4f}" if isinstance(v, float) else f"{k:16s} {v}")
     if a.json:
-        Path(a.json).write_text(json.dumps(row, indent=1) + "\n")
+        write_text(a.json, json.dumps(row, indent=1) + "\n")
     if a.grid:
-        import torchvision
         imgs = torch.nn.functional.interpolate(result["images"][:24], scale_factor=2, mode="nearest")
-        torchvision.utils.save_image(imgs, a.grid, nrow=8, padding=2, pad_value=0.5)
-        Path(a.grid).with_suffix(".txt").write_text("\n".join(result["prompts"][:24]) + "\n")
+        save_png(make_grid(imgs, nrow=8, padding=2, pad_value=0.5), a.grid)
+        write_text(Path(a.grid).with_suffix(".txt"), "\n".join(result["prompts"][:24]) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,17 @@ from flowalign.toy.segment import classify_shape, components
 from flowalign.toy.verify import verify
 
 
+def _seeded_jobs(prompts: list[str], seeds: int) -> list[tuple[str, int]]:
+    """(prompt, seed) for image i of prompt j: seed 1000·i + j, seed-major."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    return [(p, 1000 * i + j) for i in range(seeds) for j, p in enumerate(prompts)]
+
+
 def heldout_headroom(model, seeds: int, cfg: EvalConfig, prompts: list[str] | None = None) -> dict:
     """Mean, best-of-n, top-quarter, mean per prompt kind and clause means (NaN-free) on held-out prompts."""
     prompts = list(prompts if prompts is not None else heldout_prompts())
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    jobs = [(p, 1000 * i + j) for i in range(seeds) for j, p in enumerate(prompts)]
+    jobs = _seeded_jobs(prompts, seeds)
     scores, parts = verify(sample_jobs(model, jobs, cfg), [p for p, _ in jobs])
     grid = scores.view(seeds, len(prompts))  # seed × prompt
     best = {f"best_of_{n}": float(grid[:n].max(0).values.mean()) for n in sorted({1, 4, seeds}) if n <= seeds}
@@ -35,10 +40,7 @@ def heldout_headroom(model, seeds: int, cfg: EvalConfig, prompts: list[str] | No
 
 def single_shapes(model, seeds: int, cfg: EvalConfig) -> dict:
     """For each requested shape: what its components are classified as, their fill ratio and filled corners."""
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    prompts = [f"a {c} {s}" for c in COLORS for s in SHAPES]
-    jobs = [(p, 1000 * i + j) for i in range(seeds) for j, p in enumerate(prompts)]
+    jobs = _seeded_jobs([f"a {c} {s}" for c in COLORS for s in SHAPES], seeds)
     found: dict[str, list] = {s: [] for s in SHAPES}
     for (prompt, _), comps in zip(jobs, components(sample_jobs(model, jobs, cfg))):
         found[parse_prompt(prompt).objects[0].shape].extend(comps)

@@ -119,7 +119,8 @@ def _same_variant(old: Mapping, new: Mapping) -> bool:
 
 def _deep_merge(base: dict, update: Mapping) -> dict:
     """``update`` over ``base``, recursively, without a schema (the overrides among themselves)."""
-    out = type(update)(base) if isinstance(update, _DottedPath) and isinstance(base, _DottedPath) else dict(base)
+    dotted = isinstance(update, _DottedPath) and isinstance(base, _DottedPath)
+    out = _DottedPath(base) if dotted else dict(base)  # a plain mapping on either side makes the result one
     for key, value in update.items():
         old = out.get(key)
         if isinstance(value, Mapping) and isinstance(old, Mapping) and _same_variant(old, value):

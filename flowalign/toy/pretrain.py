@@ -51,8 +51,12 @@ class PretrainConfig:
     snapshot_every: int = 0  # >0: export the EMA pipeline to run_dir/snapshots/step_N every N flow steps
     threads: int = 1
     arch: ToyArchitecture = field(default_factory=ToyArchitecture)
+    scenes: SceneConfig = field(default_factory=SceneConfig)
 
     def __post_init__(self) -> None:
+        if self.scenes.image_size != self.arch.image_size:
+            raise ConfigError(f"scenes.image_size ({self.scenes.image_size}) must equal arch.image_size "
+                              f"({self.arch.image_size})")
         for key in ("vae_steps", "flow_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -69,7 +73,7 @@ def _rng(seed: int, phase: int, step: int) -> tuple[list[int], torch.Generator]:
 
 
 def _scenes(cfg: PretrainConfig, key: list[int], n: int) -> tuple[torch.Tensor, list[str]]:
-    images, prompts, _ = generate_scenes(n, key, "train", SceneConfig(image_size=cfg.arch.image_size))
+    images, prompts, _ = generate_scenes(n, key, "train", cfg.scenes)
     return images * 2 - 1, prompts
 
 
@@ -115,9 +119,11 @@ class Pretrainer:
 
     def _load(self) -> None:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-        if state["config"]["seed"] != self.cfg.seed or state["config"]["arch"] != asdict(self.cfg.arch):
-            raise ConfigError(f"checkpoint {self.ckpt_path} was made with another seed or architecture; "
-                              "use a fresh run directory")
+        made = state["config"]  # checkpoints from before ``scenes`` existed used the default SceneConfig
+        if (made["seed"], made["arch"], made.get("scenes", asdict(SceneConfig()))) != (self.cfg.seed, asdict(self.cfg.arch),
+                                                                asdict(self.cfg.scenes)):
+            raise ConfigError(f"checkpoint {self.ckpt_path} was made with another seed, architecture or scene "
+                              "config; use a fresh run directory")
         self.vae_step, self.flow_step = state["vae_step"], state["flow_step"]
         self.pipe.vae.load_state_dict(state["vae"])
         self.pipe.vae.register_to_config(shift_factor=state["vae_config"]["shift_factor"],

@@ -54,6 +54,14 @@ class SceneConfig:
     gap: int = 2
     max_tries: int = 200
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_size <= self.max_size < self.image_size - 2:
+            raise FlowAlignError(f"SceneConfig: need 1 <= min_size <= max_size < image_size - 2, got min_size="
+                                 f"{self.min_size}, max_size={self.max_size}, image_size={self.image_size}")
+        if self.gap < 0 or self.max_tries < 1:
+            raise FlowAlignError(f"SceneConfig: need gap >= 0 and max_tries >= 1, got gap={self.gap}, "
+                                 f"max_tries={self.max_tries}")
+
 
 def shape_mask(shape: str, cx: float, cy: float, size: float, image_size: int) -> np.ndarray:
     """Boolean H×W mask of a shape: pixel centres (x + 0.5, y + 0.5) inside it."""

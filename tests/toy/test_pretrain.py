@@ -48,3 +48,14 @@ def test_export_loads_offline(tmp_path):
 def test_bad_config_names_key():
     with pytest.raises(ConfigError, match="flow_batch"):
         PretrainConfig(flow_batch=0)
+
+
+def test_resume_refuses_another_scene_config(tmp_path):
+    from flowalign.toy.scenes import SceneConfig
+    t = Pretrainer(CFG, tmp_path / "run", log=lambda s: None)
+    t.run(stop_after=1)
+    t.save_checkpoint()
+    with pytest.raises(ConfigError, match="scene config"):
+        Pretrainer(replace(CFG, scenes=SceneConfig(min_size=9)), tmp_path / "run", log=lambda s: None)
+    with pytest.raises(ConfigError, match="image_size"):
+        PretrainConfig(scenes=SceneConfig(image_size=48))

@@ -38,3 +38,25 @@ def test_parse_roundtrip_and_errors():
     for bad in ("a purple circle", "two red circle", "five red circles", "a red circle near a blue square", ""):
         with pytest.raises(PromptParseError, match="prompt"):
             parse_prompt(bad)
+
+
+def test_every_prompt_lays_out_with_sizes_in_range():
+    import numpy as np
+
+    from flowalign.toy.scenes import SceneConfig, scene_for_prompt
+    cfg, rng = SceneConfig(), np.random.default_rng(0)
+    crowded = [p for p in all_prompts() if sum(o.count for o in p.objects) >= 3]
+    assert crowded
+    for p in crowded[::3]:
+        scene = scene_for_prompt(p, rng, cfg)
+        assert len(scene.shapes) == sum(o.count for o in p.objects)
+        assert all(cfg.min_size <= s.size <= cfg.max_size for s in scene.shapes)
+
+
+def test_scene_config_rejects_bad_sizes():
+    from flowalign.errors import FlowAlignError
+    from flowalign.toy.scenes import SceneConfig
+    with pytest.raises(FlowAlignError, match="min_size"):
+        SceneConfig(min_size=12, max_size=10)
+    with pytest.raises(FlowAlignError, match="max_size"):
+        SceneConfig(max_size=31)

@@ -119,9 +119,9 @@ class Pretrainer:
 
     def _load(self) -> None:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-        made = state["config"]  # checkpoints from before ``scenes`` existed used the default SceneConfig
-        if (made["seed"], made["arch"], made.get("scenes", asdict(SceneConfig()))) != (self.cfg.seed, asdict(self.cfg.arch),
-                                                                asdict(self.cfg.scenes)):
+        made = state["config"]
+        made_scenes = made.get("scenes", asdict(SceneConfig()))  # older checkpoints used the default scenes
+        if (made["seed"], made["arch"], made_scenes) != (self.cfg.seed, asdict(self.cfg.arch), asdict(self.cfg.scenes)):
             raise ConfigError(f"checkpoint {self.ckpt_path} was made with another seed, architecture or scene "
                               "config; use a fresh run directory")
         self.vae_step, self.flow_step = state["vae_step"], state["flow_step"]

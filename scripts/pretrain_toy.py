@@ -31,13 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     ap.add_argument("--log-every", type=int, default=d.log_every)
     ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--foreground-weight", type=float, default=d.foreground_weight,
+                    help="extra flow-loss weight on latent pixels on or next to a shape (0: plain MSE)")
     ap.add_argument("--min-size", type=int, default=d.scenes.min_size, help="smallest shape side (pixels)")
     ap.add_argument("--max-size", type=int, default=d.scenes.max_size, help="largest shape side (pixels)")
     ap.add_argument("--gap", type=int, default=d.scenes.gap, help="free pixels kept between shapes")
     a = ap.parse_args(argv)
     cfg = PretrainConfig(seed=a.seed, vae_steps=a.vae_steps, flow_steps=a.steps, flow_batch=a.batch, flow_lr=a.lr,
                          snapshot_every=a.snapshot_every, checkpoint_every=a.checkpoint_every,
-                         log_every=a.log_every, threads=a.threads,
+                         log_every=a.log_every, threads=a.threads, foreground_weight=a.foreground_weight,
                          scenes=replace(d.scenes, min_size=a.min_size, max_size=a.max_size, gap=a.gap))
     log_file = Path(a.run_dir) / "log.jsonl"
     Path(a.run_dir).mkdir(parents=True, exist_ok=True)

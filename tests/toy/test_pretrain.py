@@ -59,3 +59,23 @@ def test_resume_refuses_another_scene_config(tmp_path):
         Pretrainer(replace(CFG, scenes=SceneConfig(min_size=9)), tmp_path / "run", log=lambda s: None)
     with pytest.raises(ConfigError, match="image_size"):
         PretrainConfig(scenes=SceneConfig(image_size=48))
+
+
+def test_foreground_weights_cover_the_shape_and_its_rim():
+    from flowalign.toy.pretrain import foreground_weights
+    from flowalign.toy.scenes import Placed, render
+    x = render([Placed("red", "square", 16.0, 16.0, 8.0)])[None] * 2 - 1  # pixels 12..19 on
+    w = foreground_weights(x, factor=2, weight=4.0)[0, 0]
+    assert w.shape == (16, 16)
+    heavy = torch.zeros(16, 16, dtype=torch.bool)
+    heavy[5:11, 5:11] = True  # latent pixels 6..9 hold the square, one more on each side touches it
+    assert torch.equal(w == 5.0, heavy) and torch.equal(w == 1.0, ~heavy)
+
+
+def test_foreground_weight_changes_only_the_flow_loss(tmp_path):
+    plain = losses(CFG, tmp_path / "plain")
+    weighted = losses(replace(CFG, foreground_weight=4.0), tmp_path / "weighted")
+    assert weighted[:2] == plain[:2]  # the VAE phase is untouched
+    assert weighted[2:] != plain[2:] and all(v == v for v in weighted)
+    with pytest.raises(ConfigError, match="foreground_weight"):
+        PretrainConfig(foreground_weight=-1.0)

@@ -53,7 +53,11 @@ def label_components(masks: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Component:
-    """One connected blob of a palette colour: pixel area, centroid (x, y) and bounding box."""
+    """One connected blob of a palette colour: pixel area, centroid (x, y) and bounding box (inclusive).
+
+    The square test reads the *core box* instead (``core_box``: the bounding box without a sliver row or
+    column on a side), so that one stray pixel beyond a square's edge does not turn it into a circle.
+    """
 
     color: str
     area: int
@@ -64,11 +68,41 @@ class Component:
     x1: int
     y1: int  # inclusive
     top_fraction: float = 0.5  # share of the area in the upper half of the bounding box
-    corners: int = 0  # how many of the bounding box's 4 corner pixels belong to the blob
+    core: tuple[int, int, int, int] = (0, 0, 0, 0)  # core box (x0, y0, x1, y1), inclusive
+    core_area: int = 0  # the blob's pixels inside the core box
+    corners: int = 0  # how many of the core box's 4 corner pixels belong to the blob
 
     @property
     def fill(self) -> float:
-        return self.area / ((self.x1 - self.x0 + 1) * (self.y1 - self.y0 + 1))
+        """Share of the core box covered by the blob: square ≈ 1, circle ≈ π/4."""
+        x0, y0, x1, y1 = self.core
+        return self.core_area / ((x1 - x0 + 1) * (y1 - y0 + 1))
+
+
+#: an outermost row/column of the bounding box holding at most this share of the box's extent (and at least
+#: one pixel's worth) is a sliver, dropped from the core box: one line per side, never below 3×3
+SLIVER_FRACTION = 0.2
+
+
+def core_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) inclusive: ``mask``'s bounding box minus a sliver row/column on each side."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+
+    def sliver(line: np.ndarray, extent: int, size: int) -> bool:
+        return size > 3 and line.sum() <= max(1, int(SLIVER_FRACTION * extent))
+
+    width = x1 - x0 + 1
+    if sliver(mask[y0, x0:x1 + 1], width, y1 - y0 + 1):
+        y0 += 1
+    if sliver(mask[y1, x0:x1 + 1], width, y1 - y0 + 1):
+        y1 -= 1
+    height = y1 - y0 + 1
+    if sliver(mask[y0:y1 + 1, x0], height, x1 - x0 + 1):
+        x0 += 1
+    if sliver(mask[y0:y1 + 1, x1], height, x1 - x0 + 1):
+        x1 -= 1
+    return x0, y0, x1, y1
 
 
 def components(images: Tensor, threshold: float = 0.3, min_area: int = 8) -> list[list[Component]]:
@@ -90,27 +124,30 @@ def components(images: Tensor, threshold: float = 0.3, min_area: int = 8) -> lis
             px, py = xs[on], ys[on]
             for j in np.nonzero(counts >= min_area)[0]:
                 sel = inv == j
+                blob = np.zeros(h * w, dtype=bool)
+                blob[np.flatnonzero(on)[sel]] = True
+                blob = blob.reshape(h, w)
                 cx_, cy_ = px[sel], py[sel]
-                y0, y1 = int(cy_.min()), int(cy_.max())
-                x0, x1 = int(cx_.min()), int(cx_.max())
+                y0, y1, x0, x1 = int(cy_.min()), int(cy_.max()), int(cx_.min()), int(cx_.max())
                 top = float(((cy_ - y0) < (y1 - y0 + 1) / 2).mean())
-                pix = set(zip(cx_.tolist(), cy_.tolist()))
-                corners = sum((x, y) in pix for x in (x0, x1) for y in (y0, y1))
+                c = core_box(blob)
+                core = blob[c[1]:c[3] + 1, c[0]:c[2] + 1]
+                corners = int(core[0, 0]) + int(core[0, -1]) + int(core[-1, 0]) + int(core[-1, -1])
                 comps.append(Component(color, int(counts[j]), float(cx_.mean()) + 0.5, float(cy_.mean()) + 0.5,
-                                       x0, y0, x1, y1, top, corners))
+                                       x0, y0, x1, y1, top, c, int(core.sum()), corners))
         out.append(comps)
     return out
 
 
 #: an upward triangle has ≈ 1/4 of its area in the upper half of its box (circle, square: 1/2)
 TRIANGLE_MAX_TOP = 0.4
-#: fill ratio (area / bounding-box area): square ≈ 1, circle ≈ π/4; a square also fills >= 3 box corners
+#: fill ratio (core area / core box): square ≈ 1, circle ≈ π/4; a square also fills >= 3 core-box corners
 SQUARE_MIN_FILL = 0.88
 SQUARE_MIN_CORNERS = 3
 
 
 def classify_shape(comp: Component) -> str:
-    """Triangle by top-heaviness, then square vs circle by fill ratio and filled box corners."""
+    """Triangle by top-heaviness (bounding box), then square vs circle by the core box's fill and corners."""
     if comp.top_fraction <= TRIANGLE_MAX_TOP:
         return "triangle"
     if comp.fill >= SQUARE_MIN_FILL and comp.corners >= SQUARE_MIN_CORNERS:

@@ -99,3 +99,32 @@ def test_quality_clean_vs_noisy():
               None).scores
     assert torch.all(clean == 1.0)
     assert noisy.max() < 0.8
+
+
+def _classified(images):
+    from flowalign.toy.segment import classify_shape, components
+    return [[classify_shape(c) for c in comps] for comps in components(images)]
+
+
+def test_every_rendered_size_and_offset_is_classified_right():
+    shapes = [Placed("green", s, 12 + dx, 13 + dy, size) for s in ("circle", "square", "triangle")
+              for size in range(7, 15) for dx in (0.0, 0.25, 0.5, 0.75) for dy in (0.0, 0.5)]
+    got = _classified(torch.stack([render([p]) for p in shapes]))
+    assert got == [[p.shape] for p in shapes]
+
+
+def test_one_stray_pixel_does_not_turn_a_square_into_a_circle():
+    images = []
+    for size in (8, 9, 11, 13):
+        square = render([Placed("blue", "square", 16, 16, size)])
+        on = torch.nonzero((square - 1).abs().sum(0) > 0)
+        (top, left), (bottom, right) = on.min(0).values.tolist(), on.max(0).values.tolist()
+        for y, x in ((top - 1, (left + right) // 2), (bottom + 1, left + 1), ((top + bottom) // 2, right + 1),
+                     (top + 2, left - 1)):  # one pixel beyond each edge
+            img = square.clone()
+            img[:, y, x] = square[:, top, left]
+            images.append(img)
+        img = square.clone()
+        img[:, top, left] = 1.0  # one corner pixel missing
+        images.append(img)
+    assert _classified(torch.stack(images)) == [["square"]] * len(images)

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--foreground-weight", type=float, default=d.foreground_weight,
                     help="extra flow-loss weight on latent pixels on or next to a shape (0: plain MSE)")
+    ap.add_argument("--patch-size", type=int, default=d.arch.patch_size, choices=(1, 2),
+                    help="transformer patch size (2: each token covers 4x4 image pixels, 1: 2x2)")
     ap.add_argument("--min-size", type=int, default=d.scenes.min_size, help="smallest shape side (pixels)")
     ap.add_argument("--max-size", type=int, default=d.scenes.max_size, help="largest shape side (pixels)")
     ap.add_argument("--gap", type=int, default=d.scenes.gap, help="free pixels kept between shapes")
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = PretrainConfig(seed=a.seed, vae_steps=a.vae_steps, flow_steps=a.steps, flow_batch=a.batch, flow_lr=a.lr,
                          snapshot_every=a.snapshot_every, checkpoint_every=a.checkpoint_every,
                          log_every=a.log_every, threads=a.threads, foreground_weight=a.foreground_weight,
+                         arch=replace(d.arch, patch_size=a.patch_size),
                          scenes=replace(d.scenes, min_size=a.min_size, max_size=a.max_size, gap=a.gap))
     log_file = Path(a.run_dir) / "log.jsonl"
     Path(a.run_dir).mkdir(parents=True, exist_ok=True)

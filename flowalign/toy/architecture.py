@@ -1,6 +1,6 @@
 """The toy SD3 architecture: a real ``StableDiffusion3Pipeline`` sized for 32×32 shapes-world images.
 
-VAE factor 2 (4×16×16 latents), MMDiT with patch 2 (64 image tokens), two tiny CLIP text towers with
+VAE factor 2 (4×16×16 latents), MMDiT with patch 2 (64 image tokens; ``patch_size=1``: 256), two tiny CLIP text towers with
 the real CLIP tokenizer (max length 16: every grammar prompt fits), no T5 (the pipeline feeds zeros).
 """
 
@@ -23,6 +23,7 @@ class ToyArchitecture:
     image_size: int = 32
     vae_channels: tuple[int, ...] = (32, 64)
     latent_channels: int = 4
+    patch_size: int = 2  # transformer patch (latent pixels per token side); 2: a token covers 4×4 image pixels
     num_layers: int = 4
     num_heads: int = 4
     head_dim: int = 32
@@ -41,7 +42,8 @@ def build_toy_pipeline(arch: ToyArchitecture, seed: int) -> StableDiffusion3Pipe
     latent_size = arch.image_size // arch.vae_factor
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=latent_size, patch_size=2, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
+        sample_size=latent_size, patch_size=arch.patch_size, in_channels=arch.latent_channels,
+        out_channels=arch.latent_channels,
         num_layers=arch.num_layers, attention_head_dim=arch.head_dim, num_attention_heads=arch.num_heads,
         joint_attention_dim=2 * arch.clip_hidden, caption_projection_dim=arch.num_heads * arch.head_dim,
         pooled_projection_dim=2 * arch.clip_hidden, pos_embed_max_size=latent_size,

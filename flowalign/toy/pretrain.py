@@ -131,9 +131,10 @@ class Pretrainer:
 
     def _load(self) -> None:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-        made = state["config"]
-        made_scenes = made.get("scenes", asdict(SceneConfig()))  # older checkpoints used the default scenes
-        if (made["seed"], made["arch"], made_scenes) != (self.cfg.seed, asdict(self.cfg.arch), asdict(self.cfg.scenes)):
+        made = state["config"]  # fields added since a checkpoint was written held their defaults then
+        made_arch = {**asdict(ToyArchitecture()), **made["arch"]}
+        made_scenes = {**asdict(SceneConfig()), **made.get("scenes", {})}
+        if (made["seed"], made_arch, made_scenes) != (self.cfg.seed, asdict(self.cfg.arch), asdict(self.cfg.scenes)):
             raise ConfigError(f"checkpoint {self.ckpt_path} was made with another seed, architecture or scene "
                               "config; use a fresh run directory")
         self.vae_step, self.flow_step = state["vae_step"], state["flow_step"]

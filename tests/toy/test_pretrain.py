@@ -79,3 +79,25 @@ def test_foreground_weight_changes_only_the_flow_loss(tmp_path):
     assert weighted[2:] != plain[2:] and all(v == v for v in weighted)
     with pytest.raises(ConfigError, match="foreground_weight"):
         PretrainConfig(foreground_weight=-1.0)
+
+
+def test_checkpoint_from_before_new_fields_resumes(tmp_path):
+    t = Pretrainer(CFG, tmp_path / "run", log=lambda s: None)
+    t.run(stop_after=1)
+    t.save_checkpoint()
+    state = torch.load(t.ckpt_path, weights_only=False)
+    del state["config"]["scenes"], state["config"]["arch"]["patch_size"]  # as written before they existed
+    torch.save(state, t.ckpt_path)
+    assert Pretrainer(CFG, tmp_path / "run", log=lambda s: None).vae_step == 1
+
+
+def test_patch_size_one_exports_a_loadable_pipeline(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+    cfg = replace(CFG, vae_steps=1, flow_steps=1, arch=replace(ARCH, patch_size=1))
+    t = Pretrainer(cfg, tmp_path / "run", log=lambda s: None)
+    t.run()
+    pipe = StableDiffusion3Pipeline.from_pretrained(t.export(tmp_path / "pipe"))
+    assert pipe.transformer.config.patch_size == 1
+    img = pipe("a red square", num_inference_steps=2, height=32, width=32, guidance_scale=1.0,
+               output_type="pt").images
+    assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()

@@ -124,9 +124,7 @@ def components(images: Tensor, threshold: float = 0.3, min_area: int = 8) -> lis
             px, py = xs[on], ys[on]
             for j in np.nonzero(counts >= min_area)[0]:
                 sel = inv == j
-                blob = np.zeros(h * w, dtype=bool)
-                blob[np.flatnonzero(on)[sel]] = True
-                blob = blob.reshape(h, w)
+                blob = (lab == uniq[j]).reshape(h, w)
                 cx_, cy_ = px[sel], py[sel]
                 y0, y1, x0, x1 = int(cy_.min()), int(cy_.max()), int(cx_.min()), int(cx_.max())
                 top = float(((cy_ - y0) < (y1 - y0 + 1) / 2).mean())

@@ -1,7 +1,8 @@
 """The toy SD3 architecture: a real ``StableDiffusion3Pipeline`` sized for 32×32 shapes-world images.
 
-VAE factor 2 (4×16×16 latents), MMDiT with patch 2 (64 image tokens; ``patch_size=1``: 256), two tiny CLIP text towers with
-the real CLIP tokenizer (max length 16: every grammar prompt fits), no T5 (the pipeline feeds zeros).
+VAE factor 2 (4×16×16 latents), MMDiT with patch 2 (64 image tokens; ``patch_size=1``: 256), two tiny CLIP
+text towers with the real CLIP tokenizer (max length 16: every grammar prompt fits), no T5 (the pipeline feeds
+zeros).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Phase 1 trains the VAE (MSE reconstruction + tiny KL) and sets its shift/scale from latent statistics.
 Phase 2 trains the MMDiT and both CLIP text towers with flow matching: x_σ = (1−σ)·x0 + σ·ε, target
-v = ε − x0, σ ~ logit-normal(0, 1); prompts dropped to "" with probability ``p_uncond`` (for CFG). With ``foreground_weight`` > 0 the squared error is
-weighted towards latent pixels on or beside a shape (see ``foreground_weights``), normalised by the mean weight.
+v = ε − x0, σ ~ logit-normal(0, 1); prompts dropped to "" with probability ``p_uncond`` (for CFG). With
+``foreground_weight`` > 0 the squared error is weighted towards latent pixels on or beside a shape (see
+``foreground_weights``), normalised by the mean weight.
 Every step draws its data and noise from (seed, phase, step) only, so a resumed run repeats exactly.
 Checkpoints are written atomically (temp file + os.replace).
 """
@@ -134,7 +135,8 @@ class Pretrainer:
         made = state["config"]  # fields added since a checkpoint was written held their defaults then
         made_arch = {**asdict(ToyArchitecture()), **made["arch"]}
         made_scenes = {**asdict(SceneConfig()), **made.get("scenes", {})}
-        if (made["seed"], made_arch, made_scenes) != (self.cfg.seed, asdict(self.cfg.arch), asdict(self.cfg.scenes)):
+        expected = (self.cfg.seed, asdict(self.cfg.arch), asdict(self.cfg.scenes))
+        if (made["seed"], made_arch, made_scenes) != expected:
             raise ConfigError(f"checkpoint {self.ckpt_path} was made with another seed, architecture or scene "
                               "config; use a fresh run directory")
         self.vae_step, self.flow_step = state["vae_step"], state["flow_step"]

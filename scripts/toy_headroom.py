@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(pipe)
     cfg = EvalConfig(steps=a.steps, guidance=a.guidance, batch=a.batch)
     result = {"model": a.model, "lora": a.lora, "seeds": a.seeds, "steps": a.steps, "guidance": a.guidance,
-              "heldout": heldout_headroom(model, a.seeds, cfg), "single_shapes": single_shapes(model, a.single_seeds, cfg)}
+              "heldout": heldout_headroom(model, a.seeds, cfg),
+              "single_shapes": single_shapes(model, a.single_seeds, cfg)}
     held = result["heldout"]
     print(f"held-out, {a.seeds} seeds per prompt")
     for key in ("mean", *(k for k in held if k.startswith("best_of")), "top_quarter"):

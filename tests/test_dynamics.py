@@ -59,6 +59,18 @@ def test_flow_sde_at_sigma_one_uses_next_sigma():
     assert torch.isfinite(std).all()
 
 
+def test_flow_sde_starting_just_below_one_is_the_first_step():
+    """UniPC (Wan) starts at σ = 1 − 1e-6; without the tolerance g = a·√(σ/1e-6) would be ~700·a."""
+    x, v = _inputs((2, 3))
+    config = DynamicsConfig("flow_sde", 0.5)
+    mean_at_one, std_at_one = mean_and_std(config, v, x, 1.0, 0.75)
+    mean, std = mean_and_std(config, v, x, 1.0 - 1e-6, 0.75)
+    torch.testing.assert_close(std, std_at_one, rtol=1e-5, atol=0)
+    torch.testing.assert_close(mean, mean_at_one, rtol=1e-4, atol=1e-5)
+    _, std_inside = mean_and_std(config, v, x, 0.99, 0.75)  # an ordinary step keeps its own σ
+    torch.testing.assert_close(std_inside, torch.full((2,), 0.5 * math.sqrt(0.99 / 0.01) * math.sqrt(0.24)))
+
+
 def test_dance_sde_std_is_constant_eta_times_sqrt_dt():
     x, v = _inputs((2, 3))
     _, std = mean_and_std(DynamicsConfig("dance_sde", 0.3), v, x, 0.5, 0.25)

@@ -7,7 +7,8 @@ CPS step) is deterministic: its log-prob is reported as 0 and it cannot be train
 
 Dynamics (a = noise level):
 - ``ode``:        x' = x + v·dt.
-- ``flow_sde``:   g = a·√(σ/(1−σ)) (σ = 1 uses σ' in the denominator); μ = x + [v + g²/(2σ)·(x + (1−σ)·v)]·dt;
+- ``flow_sde``:   g = a·√(σ/(1−σ)) (σ within ``SIGMA_ONE_TOLERANCE`` of 1 uses σ' in the denominator: the
+                  schedule's start, which UniPC (Wan) puts at 1 − 1e-6); μ = x + [v + g²/(2σ)·(x + (1−σ)·v)]·dt;
                   std = g·√(−dt)                                                        (Flow-GRPO)
 - ``dance_sde``:  the same mean with constant g = a; std = a·√(−dt)                      (DanceGRPO)
 - ``cps``:        s = σ'·sin(aπ/2); μ = (1−σ')·x̂0 + σ'·cos(aπ/2)·ε̂; std = s      (coefficients-preserving)
@@ -26,6 +27,8 @@ from flowalign.errors import ConfigError
 DYNAMICS = ("ode", "flow_sde", "dance_sde", "cps")
 REDUCTIONS = ("mean", "sum")
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+# flow_sde's g² = a²σ/(1−σ) diverges at σ = 1; a step starting this close to 1 is the schedule's first step
+SIGMA_ONE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def mean_and_std(
         mean = (1 - s_next_b) * x0_hat + s_next_b * math.cos(angle) * eps_hat
         return mean, s_next * math.sin(angle)
     if config.name == "flow_sde":
-        denominator = 1 - torch.where(s == 1, s_next, s)
+        denominator = 1 - torch.where(1 - s < SIGMA_ONE_TOLERANCE, s_next, s)
         g = a * torch.sqrt(s / denominator)
     else:  # dance_sde
         g = torch.full_like(s, a)

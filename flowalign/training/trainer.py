@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -76,6 +77,11 @@ class Trainer:
         self.reward = reward if reward is not None else build_rewards(config.reward)
         self.eval_metrics = {name: build_reward(name) for name in config.eval.metrics}
         self.accelerator = accelerator or Accelerator()
+        if self.accelerator.mixed_precision != "no":
+            warnings.warn(f"accelerate mixed precision {self.accelerator.mixed_precision!r} is not used: the "
+                          f"transformer runs in model.dtype ({config.model.dtype}) in rollouts and updates alike, so "
+                          "that the on-policy ratio is exactly 1; set model.dtype=bfloat16 to train in bf16",
+                          stacklevel=2)
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         resume_from = claim_output_dir(self.out, resume, overwrite, self.accelerator)
@@ -271,16 +277,16 @@ class Trainer:
         total = max(len(samples), 1)
         for micro in torch.split(torch.arange(len(samples)), cfg.optim.micro_batch_size):
             s, t = samples[micro], steps[micro]
-            with self.accelerator.autocast():
-                new = recompute_log_probs(self.model, traj, cond, s, t)
-                ref_mean = self._reference_mean(traj, cond, s, t) if self.algorithm.needs_reference else None
-                sig = traj.sigmas.to(self.device)
-                adv = advantages[s] if advantages.ndim == 1 else advantages[s, t]
-                batch = PolicyBatch(new=new, old_mean=traj.means[s, t].to(self.device),
-                                    old_log_prob=traj.log_probs[s, t].to(self.device), advantages=adv.to(self.device),
-                                    sigma=sig[t.to(self.device)], sigma_next=sig[t.to(self.device) + 1],
-                                    step_idx=t, reduction=self.dynamics.log_prob_reduction, ref_mean=ref_mean)
-                loss, metrics = self.algorithm.loss(batch)
+            # no autocast: recomputing in another precision than the rollout's breaks ratio == 1 on-policy
+            new = recompute_log_probs(self.model, traj, cond, s, t)
+            ref_mean = self._reference_mean(traj, cond, s, t) if self.algorithm.needs_reference else None
+            sig = traj.sigmas.to(self.device)
+            adv = advantages[s] if advantages.ndim == 1 else advantages[s, t]
+            batch = PolicyBatch(new=new, old_mean=traj.means[s, t].to(self.device),
+                                old_log_prob=traj.log_probs[s, t].to(self.device), advantages=adv.to(self.device),
+                                sigma=sig[t.to(self.device)], sigma_next=sig[t.to(self.device) + 1],
+                                step_idx=t, reduction=self.dynamics.log_prob_reduction, ref_mean=ref_mean)
+            loss, metrics = self.algorithm.loss(batch)
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return False

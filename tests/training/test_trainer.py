@@ -5,6 +5,8 @@ import shutil
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers import SD3Transformer2DModel
 from safetensors.torch import load_file
 
@@ -152,6 +154,22 @@ def test_resume_relogs_the_steps_after_its_checkpoint_once(tmp_path):
     assert resumed.iteration == 1 and logged_steps(config) == [0, 1]
     resumed.run()
     assert logged_steps(config) == [0, 1, 2]
+
+
+def test_accelerate_mixed_precision_leaves_the_first_update_on_policy(tmp_path):
+    """Autocasting the recomputation but not the rollout made on-policy ratios ≠ 1 (clipped at once under bf16)."""
+    AcceleratorState._reset_state(True)
+    try:
+        accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+        config = tiny_config(tmp_path, optim=OptimConfig(lr=1e-2, micro_batch_size=1, steps_per_iteration=1))
+        with pytest.warns(UserWarning, match="mixed precision 'bf16' is not used"):
+            trainer = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), accelerator=accelerator)
+        trainer.run()
+    finally:
+        AcceleratorState._reset_state(True)
+    trained = [row for row in read_metrics(f"{config.output_dir}/logs") if "train/ratio_mean" in row]
+    assert trained and all(row["train/clip_frac_above"] == row["train/clip_frac_below"] == 0 for row in trained)
+    assert all(abs(row["train/ratio_mean"] - 1) < 1e-6 for row in trained)
 
 
 def test_eval_with_several_samples_per_prompt_averages_shifted_seeds(tmp_path):

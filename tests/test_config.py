@@ -230,3 +230,5 @@ def test_train_config_validation_runs_post_init():
         load_config(TrainConfig, overrides=["algorithm.name=grpo_guard", "algorithm.reweight=x"])
     with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'optim.lr'\?"):
         load_config(TrainConfig, overrides=["optim.lrr=1e-4"])
+    with pytest.raises(ConfigError, match="optim.old_policy must be one of auto, rollout, recompute, got 'old'"):
+        load_config(TrainConfig, overrides=["optim.old_policy=old"])

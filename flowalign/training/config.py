@@ -16,6 +16,7 @@ from flowalign.sampling.dynamics import DynamicsConfig
 from flowalign.training.lora import LoRAConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
+OLD_POLICY_SOURCES = ("auto", "rollout", "recompute")
 
 
 @dataclass
@@ -99,7 +100,14 @@ class RewardConfig:
 @dataclass
 class OptimConfig:
     """AdamW on the trainable parameters; ``micro_batch_size`` (sample, step) pairs per forward;
-    the iteration's pairs are split into ``steps_per_iteration`` optimizer steps (later ones are off-policy)."""
+    the iteration's pairs are split into ``steps_per_iteration`` optimizer steps (later ones are off-policy).
+
+    ``old_policy``: where the ratio's old mean μ_old comes from. ``rollout``: stored while sampling.
+    ``recompute``: recomputed under the iteration's starting weights in the very micro-batch of the update, so
+    that old and new share their numerics (in bf16 a transition's μ depends on the batch it was computed in by
+    more than GRPO-Guard's clip range; the first optimizer step then reuses its own forward, and later steps
+    cost one extra forward without gradients per pair). ``auto``: ``recompute`` unless model.dtype is float32.
+    """
 
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -109,8 +117,12 @@ class OptimConfig:
     micro_batch_size: int = 16
     steps_per_iteration: int = 2
     inner_epochs: int = 1
+    old_policy: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.old_policy not in OLD_POLICY_SOURCES:
+            raise ConfigError(f"optim.old_policy must be one of {', '.join(OLD_POLICY_SOURCES)}, "
+                              f"got {self.old_policy!r}")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.micro_batch_size < 1 or self.steps_per_iteration < 1 or self.inner_epochs < 1:

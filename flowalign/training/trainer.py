@@ -100,6 +100,8 @@ class Trainer:
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False).eval()
         self.params = add_lora(model.transformer, config.lora)
+        self.recompute_old_policy = config.optim.old_policy == "recompute" or (
+            config.optim.old_policy == "auto" and model.transformer.dtype != torch.float32)
         if config.model.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
         o = config.optim
@@ -255,51 +257,79 @@ class Trainer:
             draw = torch.rand(len(samples), generator=derived_generator(cfg.seed, "steps", it, self.rank))
             keep = draw < cfg.sampling.train_step_fraction
             samples, steps = samples[keep], steps[keep]
+        plan = self._update_plan(samples, steps, it)
+        old = self._recomputed_old_policy(traj, cond, plan) if self.recompute_old_policy else [None] * len(plan)
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
         n_pairs = 0
-        for epoch in range(cfg.optim.inner_epochs):
-            order = torch.randperm(len(samples), generator=derived_generator(cfg.seed, "order", it, epoch, self.rank))
-            for chunk in torch.tensor_split(order, cfg.optim.steps_per_iteration):
-                if self.world == 1 and len(chunk) == 0:
-                    continue
-                ok = self._optimizer_step(traj, cond, advantages, samples[chunk], steps[chunk], totals, counts)
-                if not ok:
-                    return None, n_pairs
-                n_pairs += len(chunk)
+        for (chunk_samples, chunk_steps), chunk_old in zip(plan, old):
+            ok = self._optimizer_step(traj, cond, advantages, chunk_samples, chunk_steps, totals, counts, chunk_old)
+            if not ok:
+                return None, n_pairs
+            n_pairs += len(chunk_samples)
         metrics = {f"train/{k}": v / counts[k] for k, v in totals.items()}
         metrics["train/pairs"] = float(n_pairs)
         return metrics, n_pairs
 
-    def _optimizer_step(self, traj, cond, advantages, samples, steps, totals, counts) -> bool:
-        cfg = self.config
+    def _update_plan(self, samples: torch.Tensor, steps: torch.Tensor, it: int) -> list[tuple]:
+        """(samples, steps) of each optimizer step: ``inner_epochs`` shuffles of the pairs, each split into
+        ``steps_per_iteration`` chunks; an empty chunk is kept only with several processes (each process takes
+        part in every all-reduce)."""
+        optim, plan = self.config.optim, []
+        for epoch in range(optim.inner_epochs):
+            order = torch.randperm(len(samples), generator=derived_generator(self.config.seed, "order", it, epoch,
+                                                                               self.rank))
+            plan += [(samples[c], steps[c]) for c in torch.tensor_split(order, optim.steps_per_iteration)
+                     if self.world > 1 or len(c)]
+        return plan
+
+    def _micro_batches(self, samples: torch.Tensor, steps: torch.Tensor):
+        """The (samples, steps) micro-batches of one optimizer step, in order."""
+        for micro in torch.split(torch.arange(len(samples)), self.config.optim.micro_batch_size):
+            yield samples[micro], steps[micro]
+
+    @torch.no_grad()
+    def _recomputed_old_policy(self, traj, cond, plan) -> list[list | None]:
+        """μ_old and log π_old of every planned micro-batch, computed now (before any update) in the very batch
+        the update will use. The first optimizer step is None: its own forward runs at these weights."""
+        return [None] + [[(r.mean, r.log_prob) for r in (recompute_log_probs(self.model, traj, cond, s, t)
+                                                          for s, t in self._micro_batches(*chunk))]
+                         for chunk in plan[1:]]
+
+    def _optimizer_step(self, traj, cond, advantages, samples, steps, totals, counts, old=None) -> bool:
+        """One optimizer step over the pairs (samples, steps); ``old`` as from ``_recomputed_old_policy``
+        (None with ``optim.old_policy`` rollout: the rollout's means)."""
         self.optimizer.zero_grad(set_to_none=True)
         total = max(len(samples), 1)
-        for micro in torch.split(torch.arange(len(samples)), cfg.optim.micro_batch_size):
-            s, t = samples[micro], steps[micro]
+        for m, (s, t) in enumerate(self._micro_batches(samples, steps)):
             # no autocast: recomputing in another precision than the rollout's breaks ratio == 1 on-policy
             new = recompute_log_probs(self.model, traj, cond, s, t)
+            if not self.recompute_old_policy:
+                old_mean, old_log_prob = traj.means[s, t].to(self.device), traj.log_probs[s, t].to(self.device)
+            elif old is None:  # the iteration's first step: nothing has changed since the rollout
+                old_mean, old_log_prob = new.mean.detach(), new.log_prob.detach()
+            else:
+                old_mean, old_log_prob = old[m]
             ref_mean = self._reference_mean(traj, cond, s, t) if self.algorithm.needs_reference else None
             sig = traj.sigmas.to(self.device)
             adv = advantages[s] if advantages.ndim == 1 else advantages[s, t]
-            batch = PolicyBatch(new=new, old_mean=traj.means[s, t].to(self.device),
-                                old_log_prob=traj.log_probs[s, t].to(self.device), advantages=adv.to(self.device),
+            batch = PolicyBatch(new=new, old_mean=old_mean, old_log_prob=old_log_prob, advantages=adv.to(self.device),
                                 sigma=sig[t.to(self.device)], sigma_next=sig[t.to(self.device) + 1],
                                 step_idx=t, reduction=self.dynamics.log_prob_reduction, ref_mean=ref_mean)
             loss, metrics = self.algorithm.loss(batch)
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return False
-            (loss * len(micro) / total).backward()
+            (loss * len(s) / total).backward()
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(micro)
-                counts[k] = counts.get(k, 0) + len(micro)
+                totals[k] = totals.get(k, 0.0) + float(v) * len(s)
+                counts[k] = counts.get(k, 0) + len(s)
         if self.world > 1:
             for p in self.params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 p.grad = self.accelerator.reduce(p.grad, reduction="mean")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return False

@@ -172,6 +172,24 @@ def test_accelerate_mixed_precision_leaves_the_first_update_on_policy(tmp_path):
     assert all(abs(row["train/ratio_mean"] - 1) < 1e-6 for row in trained)
 
 
+@pytest.mark.parametrize("old_policy", ["rollout", "auto"])
+def test_bf16_updates_are_on_policy_with_recomputed_old_means(tmp_path, old_policy):
+    """In bf16 a transition's μ depends on the batch it is computed in: the rollout's μ_old, taken in another
+    batch, puts on-policy ratios outside GRPO-Guard's clip. ``auto`` recomputes μ_old in the update's batch."""
+    config = tiny_config(tmp_path, optim=OptimConfig(lr=1e-30, micro_batch_size=1, steps_per_iteration=2,
+                                                     old_policy=old_policy))
+    pipeline = tiny_sd3_pipeline(seed=0)
+    pipeline.transformer.to(torch.bfloat16)
+    trainer = Trainer(config, model=pipeline, reward=Redness())
+    trainer.run()  # lr 1e-30 leaves the policy where it was: both optimizer steps are on-policy
+    (row,) = [row for row in read_metrics(f"{config.output_dir}/logs") if "train/ratio_mean" in row]
+    clipped = row["train/clip_frac_above"] + row["train/clip_frac_below"]
+    if old_policy == "rollout":
+        assert clipped > 0
+    else:
+        assert clipped == 0 and row["train/ratio_mean"] == 1.0 and row["train/ratio_std"] == 0.0
+
+
 def test_eval_with_several_samples_per_prompt_averages_shifted_seeds(tmp_path):
     config = tiny_config(tmp_path)
     trainer = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness())

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from flowalign.models.loading import load_model, load_pipeline  # noqa: E402
 from flowalign.toy.evaluate import EvalConfig  # noqa: E402
-from flowalign.toy.headroom import heldout_headroom, single_shapes  # noqa: E402
+from flowalign.toy.headroom import DEFAULT_BASE_SEED, heldout_headroom, single_shapes  # noqa: E402
 from flowalign.utils.io import write_text  # noqa: E402
 
 
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lora", default=None, help="a LoRA folder (e.g. runs/demo/lora), fused before sampling")
     ap.add_argument("--seeds", type=int, default=16, help="seeds per held-out prompt")
     ap.add_argument("--single-seeds", type=int, default=10, help="seeds per single-shape prompt")
+    ap.add_argument("--seed", type=int, default=DEFAULT_BASE_SEED,
+                    help="base seed; image i of prompt j of P uses seed + P*i + j, as the trainer's evaluation")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=120)
@@ -45,9 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
         pipe.fuse_lora()
     model = load_model(pipe)
     cfg = EvalConfig(steps=a.steps, guidance=a.guidance, batch=a.batch)
-    result = {"model": a.model, "lora": a.lora, "seeds": a.seeds, "steps": a.steps, "guidance": a.guidance,
-              "heldout": heldout_headroom(model, a.seeds, cfg),
-              "single_shapes": single_shapes(model, a.single_seeds, cfg)}
+    result = {"model": a.model, "lora": a.lora, "seeds": a.seeds, "seed": a.seed, "steps": a.steps,
+              "guidance": a.guidance, "heldout": heldout_headroom(model, a.seeds, cfg, base_seed=a.seed),
+              "single_shapes": single_shapes(model, a.single_seeds, cfg, base_seed=a.seed)}
     held = result["heldout"]
     print(f"held-out, {a.seeds} seeds per prompt")
     for key in ("mean", *(k for k in held if k.startswith("best_of")), "top_quarter"):

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from flowalign.models.loading import load_model
+from flowalign.models.loading import load_model, load_pipeline
 from flowalign.toy.evaluate import EvalConfig
 from flowalign.toy.headroom import heldout_headroom, single_shapes
+from flowalign.training import config as tc
+from flowalign.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["two red circles", "a blue square left of a green circle", "three yellow triangles",
@@ -30,6 +32,23 @@ def test_best_of_n_bounds(toy):
     assert one["mean"] == one["best_of_1"] == one["top_quarter"] == pytest.approx(out["best_of_1"])
     with pytest.raises(ValueError, match="seeds must be >= 1"):
         heldout_headroom(toy, 0, cfg, PROMPTS)
+
+
+def test_headroom_scores_the_trainer_evaluations_images(tmp_path):
+    """Same seeds, same ODE: the script's mean and clauses read what the trainer's held-out evaluation reads."""
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    prompts = str(tmp_path / "prompts.txt")
+    config = tc.TrainConfig(
+        output_dir=str(tmp_path / "run"), model=tc.ModelConfig(path=str(ROOT / "assets" / "toy-sd3")),
+        data=tc.DataConfig(train_prompts=prompts, eval_prompts=prompts),
+        eval=tc.EvalConfig(num_steps=6, samples_per_prompt=2, batch_size=8, seed=tc.EvalConfig.seed),
+        logging=tc.LoggingConfig(tensorboard=False, progress_bar=False, report=False))
+    trainer = Trainer(config, model=load_pipeline(str(ROOT / "assets" / "toy-sd3")))
+    expected = trainer.evaluate()
+    out = heldout_headroom(trainer.model, 2, EvalConfig(steps=6, guidance=1.0), PROMPTS)
+    assert out["mean"] == pytest.approx(expected["eval/reward"], abs=1e-6)
+    for clause in ("color", "shape", "count", "shape[square]"):
+        assert out["clauses"][clause] == pytest.approx(expected[f"eval/{clause}"], abs=1e-6)
 
 
 def test_single_shapes_classifies_every_component(toy):

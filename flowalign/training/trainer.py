@@ -4,7 +4,9 @@ One iteration: prompts → group rollouts (chunked; decoding and rewards of a ch
 rollout) → rewards → ``algorithm.advantages`` → optimisation over shuffled (sample, step) micro-batches with
 ``algorithm.loss`` (log-probs recomputed with gradients, many steps per forward) → EMA → metrics → periodic
 held-out evaluation (ODE sampling, fixed seeds) → atomic checkpoints. Multi-process runs (``accelerate
-launch``) shard prompts across processes, gather rewards for global statistics and average gradients.
+launch``) shard prompts across processes (each normalises its own groups' advantages), gather rewards for the
+logged statistics, skip an update together when any process must, and average gradients weighted by each
+process's number of pairs (the per-pair mean over all processes).
 """
 
 from __future__ import annotations
@@ -169,8 +171,9 @@ class Trainer:
         rollout_time = time.perf_counter() - start
         rewards, valid = scored.rewards, scored.valid
         metrics = self._reward_metrics(scored)
-        if not bool(valid.all()):
-            return self._skip(it, f"{int((~valid).sum())} non-finite or invalid rewards", metrics)
+        if not self._on_every_process(bool(valid.all())):
+            invalid = int(self.accelerator.reduce((~valid).sum().to(self.device), reduction="sum"))
+            return self._skip(it, f"{invalid} non-finite or invalid rewards", metrics)
         advantages = self.algorithm.advantages(rewards, traj, valid)
         train_start = time.perf_counter()
         opt_metrics, pairs = self.optimize(traj, cond, advantages, it)
@@ -271,6 +274,15 @@ class Trainer:
         metrics["train/pairs"] = float(n_pairs)
         return metrics, n_pairs
 
+    def _mean_over_processes(self, value: float) -> float:
+        if self.world == 1:
+            return float(value)
+        return float(self.accelerator.reduce(torch.tensor(float(value), device=self.device), reduction="mean"))
+
+    def _on_every_process(self, flag: bool) -> bool:
+        """True when ``flag`` holds on every process (an all-reduce with several processes)."""
+        return self._mean_over_processes(float(flag)) == 1.0
+
     def _update_plan(self, samples: torch.Tensor, steps: torch.Tensor, it: int) -> list[tuple]:
         """(samples, steps) of each optimizer step: ``inner_epochs`` shuffles of the pairs, each split into
         ``steps_per_iteration`` chunks; an empty chunk is kept only with several processes (each process takes
@@ -284,9 +296,11 @@ class Trainer:
         return plan
 
     def _micro_batches(self, samples: torch.Tensor, steps: torch.Tensor):
-        """The (samples, steps) micro-batches of one optimizer step, in order."""
-        for micro in torch.split(torch.arange(len(samples)), self.config.optim.micro_batch_size):
-            yield samples[micro], steps[micro]
+        """The (samples, steps) micro-batches of one optimizer step, in order; none for an empty step (a process
+        whose groups all had equal rewards still joins the step's all-reduce)."""
+        for first in range(0, len(samples), self.config.optim.micro_batch_size):
+            yield (samples[first : first + self.config.optim.micro_batch_size],
+                   steps[first : first + self.config.optim.micro_batch_size])
 
     @torch.no_grad()
     def _recomputed_old_policy(self, traj, cond, plan) -> list[list | None]:
@@ -300,7 +314,9 @@ class Trainer:
         """One optimizer step over the pairs (samples, steps); ``old`` as from ``_recomputed_old_policy``
         (None with ``optim.old_policy`` rollout: the rollout's means)."""
         self.optimizer.zero_grad(set_to_none=True)
-        total = max(len(samples), 1)
+        # the per-pair mean over all processes, after the gradients' mean over processes
+        total = max(self._mean_over_processes(len(samples)), 1e-12)
+        finite = True
         for m, (s, t) in enumerate(self._micro_batches(samples, steps)):
             # no autocast: recomputing in another precision than the rollout's breaks ratio == 1 on-policy
             new = recompute_log_probs(self.model, traj, cond, s, t)
@@ -318,12 +334,15 @@ class Trainer:
                                 step_idx=t, reduction=self.dynamics.log_prob_reduction, ref_mean=ref_mean)
             loss, metrics = self.algorithm.loss(batch)
             if not torch.isfinite(loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                return False
+                finite = False
+                break
             (loss * len(s) / total).backward()
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * len(s)
                 counts[k] = counts.get(k, 0) + len(s)
+        if not self._on_every_process(finite):  # one process's non-finite loss skips the step everywhere
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         if self.world > 1:
             for p in self.params:
                 if p.grad is None:

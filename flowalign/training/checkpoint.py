@@ -43,23 +43,37 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(output_dir: str | os.PathLike, iteration: int, write_files, state: dict, keep_last: int) -> Path:
     """Create checkpoint ``iteration``: ``write_files(tmp_folder)`` writes the payload, then the folder is renamed
-    into place and all but the ``keep_last`` newest checkpoints are removed."""
+    into place. Then only the ``keep_last`` newest checkpoints up to this one stay: older ones go, and so do
+    newer ones, left by a run this one resumed before its end (its abandoned continuation, whose metrics the
+    resume dropped too), so that ``resume="latest"`` finds this run's newest."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     final = checkpoint_dir(output_dir) / f"{PREFIX}{iteration:06d}"
     with atomic_dir(final) as tmp:
         write_files(tmp)
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}, indent=2))
-    for old in list_checkpoints(output_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    existing = list_checkpoints(output_dir)
+    kept = [c for c in existing if checkpoint_iteration(c) <= iteration][-keep_last:]
+    for folder in existing:
+        if folder not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
     return final
 
 
+def checkpoint_iteration(folder: Path) -> int:
+    """The iteration in a checkpoint folder's name (``iter-000010`` → 10)."""
+    return int(folder.name[len(PREFIX):])
+
+
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    """Complete checkpoints (folders named ``iter-<digits>``), oldest iteration first; temporary or renamed
+    folders (``iter-000010-backup``) are ignored."""
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=checkpoint_iteration)
 
 
 def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | None:

@@ -165,8 +165,15 @@ class EvalConfig:
 
 @dataclass
 class CheckpointConfig:
+    """A checkpoint every ``every`` iterations; the ``keep_last`` newest are kept."""
+
     every: int = 10
     keep_last: int = 2
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.keep_last < 1:
+            raise ConfigError(f"checkpoint.every and checkpoint.keep_last must be >= 1, got {self.every} and "
+                              f"{self.keep_last}")
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""Atomic output: write files and folders under a temporary name beside the target, then rename them into place."""
+"""Atomic output: write files and folders under a temporary name beside the target, then rename them into place.
+
+The contents are flushed to disk (fsync) before the rename and the folder after it, so that after a crash or a
+power loss the target holds either the old or the complete new contents. Modes follow the umask, as for any
+file the user writes (the temporary files' private 0600 / 0700 is not kept).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,36 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (folders cannot be opened for this on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _make_durable(root: Path) -> None:
+    """fsync every file under ``root`` (or ``root`` itself) and set the umask's modes."""
+    mask = _umask()
+    paths = [root] if root.is_file() else [root, *root.rglob("*")]
+    for path in paths:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+        if path.is_file():
+            _fsync(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically."""
@@ -23,8 +58,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared like any written file
+        _make_durable(Path(tmp))
         os.replace(tmp, target)
+        _fsync(target.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -39,7 +75,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        _make_durable(tmp)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
@@ -47,6 +83,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        _fsync(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

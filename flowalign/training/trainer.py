@@ -457,7 +457,17 @@ class Trainer:
             path = folder / "transformer.safetensors"
             if not path.is_file():
                 raise ckpt.CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {path.name} is missing")
-            self.model.transformer.load_state_dict(load_file(path), strict=False)
+            try:
+                weights = load_file(path)
+            except Exception as err:  # noqa: BLE001 — any safetensors failure means a corrupt file
+                raise ckpt.CheckpointError(f"checkpoint file {str(path)!r} is corrupt ({err})") from err
+            result = self.model.transformer.load_state_dict(weights, strict=False)  # parameters only, no buffers
+            buffers = {name for name, _ in self.model.transformer.named_buffers()}
+            missing = sorted(set(result.missing_keys) - buffers)
+            if missing or result.unexpected_keys:
+                raise ckpt.CheckpointError(
+                    f"checkpoint {str(folder)!r} does not fit this transformer: missing {missing[:5]}"
+                    f"{'…' if len(missing) > 5 else ''}, unexpected {sorted(result.unexpected_keys)[:5]}")
         self.optimizer.load_state_dict(ckpt.load_tensor_file(folder, "optimizer.pt"))
         self.algorithm.load_state_dict(ckpt.load_tensor_file(folder, "algorithm.pt"))
         if self.ema is not None:

@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers import SD3Transformer2DModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from flowalign.errors import ConfigError
 from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
@@ -77,6 +77,13 @@ def test_full_fine_tuning_saves_a_diffusers_transformer(tmp_path):
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in evaluated.items())
     assert any(not torch.equal(loaded.state_dict()[k], before[k]) for k in before)
     assert not (tmp_path / "run" / "lora").exists()
+    resumed = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+    assert all(torch.equal(resumed.model.transformer.state_dict()[k], v)
+               for k, v in pipeline.transformer.state_dict().items())
+    weights = list_checkpoints(config.output_dir)[-1] / "transformer.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("proj_out.")}, weights)
+    with pytest.raises(CheckpointError, match=r"does not fit this transformer: missing \['proj_out.bias'"):
+        Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
 
 
 def lora_params(trainer):

@@ -43,6 +43,9 @@ class LoRAConfig:
             raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
         if not self.target_modules:
             raise ConfigError("lora.target_modules is empty; name at least one linear layer (e.g. to_q)")
+        if self.dropout != 0.0:
+            raise ConfigError(f"lora.dropout must be 0, got {self.dropout}: the policy's rollouts and updates must "
+                              "be the same function (ratio == 1 on-policy), so the transformer runs without dropout")
 
 
 def add_lora(transformer: nn.Module, config: LoRAConfig) -> list[nn.Parameter]:

@@ -65,5 +65,7 @@ def test_bad_lora_settings():
     model = SD3Model(tiny_sd3_pipeline(seed=0))
     with pytest.raises(ConfigError, match=r"lora.target_modules \['to_qq'\] match no layer"):
         add_lora(model.transformer, LoRAConfig(target_modules=["to_q", "to_qq"]))
+    with pytest.raises(ConfigError, match="lora.dropout must be 0, got 0.1"):
+        LoRAConfig(dropout=0.1)
     with pytest.raises(ConfigError, match="lora.rank must be >= 1"):
         LoRAConfig(rank=0)

@@ -14,8 +14,9 @@ from reward_models.base import RewardModel, RewardOutput, RewardSpec, build_rewa
 class CompositeReward(RewardModel):
     """``components[alias]`` holds each raw (unweighted) score; sub-components appear as ``alias/key``.
 
-    ``valid`` is the AND of the parts; invalid parts contribute 0 to ``scores`` (those entries are
-    flagged invalid anyway). Differentiable only if every part is.
+    Any string works as an alias (``"my_pkg.rewards:R"`` included): parts live in a ``ModuleList``
+    with a parallel list of names. ``valid`` is the AND of the parts; invalid parts contribute 0 to
+    ``scores`` (those entries are flagged invalid anyway). Differentiable only if every part is.
     """
 
     def __init__(self, rewards: Mapping[str, RewardModel], weights: Mapping[str, float] | None = None) -> None:
@@ -26,10 +27,14 @@ class CompositeReward(RewardModel):
         if set(weights) != set(rewards):
             raise ConfigError(f"CompositeReward weights keys {sorted(weights)} must match rewards {sorted(rewards)}")
         for name, reward in rewards.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"CompositeReward part names must be non-empty strings, got {name!r}")
             if not isinstance(reward, RewardModel):
                 raise ConfigError(f"CompositeReward part {name!r} is {type(reward).__name__}, expected a RewardModel")
-        self.parts = torch.nn.ModuleDict(dict(rewards))
-        self.weights = {name: float(w) for name, w in weights.items()}
+        # a ModuleList, not a ModuleDict: ModuleDict rejects names with "." (e.g. "my_pkg.rewards:R")
+        self.names: list[str] = list(rewards)
+        self.parts = torch.nn.ModuleList(rewards.values())
+        self.weights = {name: float(weights[name]) for name in self.names}
         modalities = {r.spec.modality for r in rewards.values()} - {"any"}
         if len(modalities) > 1:
             raise ConfigError(f"CompositeReward parts mix modalities {sorted(modalities)}")
@@ -67,7 +72,7 @@ class CompositeReward(RewardModel):
         valid = None
         components: dict[str, torch.Tensor] = {}
         info: dict[str, Any] = {}
-        for name, reward in self.parts.items():
+        for name, reward in zip(self.names, self.parts):
             out = reward(images, prompts, metadata)
             scores = out.scores.to(images.device)
             part_valid = out.valid.to(images.device)

@@ -152,3 +152,49 @@ def test_composite_invalid_part_marks_invalid():
     composite = CompositeReward({"nan": nan_reward, "b": Brightness()}, {"nan": 1.0, "b": 1.0})
     out = composite(torch.rand(2, 3, 4, 4), None)
     assert out.valid.tolist() == [True, False] and torch.isfinite(out.scores).all()
+
+
+@register_reward("test_prompt_length")
+class PromptLength(RewardModel):
+    spec = RewardSpec(name="test_prompt_length", modality="image", needs_prompt=True)
+
+    def forward(self, images, prompts, metadata=None):
+        self.check_inputs(images, prompts, metadata)
+        return RewardOutput.from_scores(torch.tensor([float(len(p)) for p in prompts]))
+
+
+def test_prompt_rewards_reject_empty_or_whitespace_prompts():
+    images = torch.rand(3, 3, 4, 4)
+    with pytest.raises(FlowAlignError, match=r"'test_prompt_length' needs a non-empty prompt.*prompts\[1\] is ' \\t'"):
+        PromptLength()(images, ["a cat", " \t", ""])
+    with pytest.raises(FlowAlignError, match=r"prompts\[0\] is ''"):
+        PromptLength()(images[:1], [""])
+    assert PromptLength()(images, ["a", "bb", "ccc"]).scores.tolist() == [1.0, 2.0, 3.0]
+    assert Brightness()(images, ["", " ", "x"]).valid.all()  # prompt-free rewards ignore prompts
+
+
+def test_composite_accepts_dotted_target_paths_as_names():
+    target = "reward_models.jpeg:JpegCompressibility"
+    composite = CompositeReward.create([{"target": target}, {"name": "test_brightness", "weight": 2.0}])
+    images = torch.rand(2, 3, 8, 8)
+    out = composite(images, None)
+    assert composite.names == [target, "test_brightness"]
+    assert composite.spec.name == f"composite({target},test_brightness)"
+    assert set(out.components) == {target, f"{target}/size_kb", "test_brightness"}
+    assert torch.allclose(out.scores, out.components[target] + 2.0 * images.mean(dim=(1, 2, 3)))
+    direct = CompositeReward({"a.b": Brightness(), "c.d:E": Brightness(scale=3.0)}, {"c.d:E": 1.0, "a.b": -1.0})
+    assert torch.allclose(direct(images, None).scores, 2.0 * images.mean(dim=(1, 2, 3)))
+
+
+def test_training_build_rewards_with_module_path_key():
+    from flowalign.training.config import RewardConfig
+    from flowalign.training.rewarding import build_rewards
+
+    target = "reward_models.jpeg:JpegCompressibility"
+    reward = build_rewards(RewardConfig(weights={target: 1.0, "test_brightness": 0.5},
+                                        kwargs={"test_brightness": {"scale": 2.0}}))
+    images = torch.rand(2, 3, 8, 8)
+    out = reward(images, None)
+    assert {target, "test_brightness"} <= set(out.components)
+    assert torch.allclose(out.components["test_brightness"], 2.0 * images.mean(dim=(1, 2, 3)))
+    assert torch.allclose(out.scores, out.components[target] + 0.5 * out.components["test_brightness"])

@@ -131,7 +131,7 @@ class RewardModel(torch.nn.Module, metaclass=abc.ABCMeta):
 
     def check_inputs(self, images: torch.Tensor, prompts: Sequence[str] | None,
                      metadata: Sequence[dict] | None = None) -> int:
-        """Validate shapes, range, prompt count and modality; return the batch size B."""
+        """Validate shapes, range, prompts (non-empty if ``spec.needs_prompt``) and modality; return B."""
         name = self.spec.name
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
             raise FlowAlignError(f"reward {name!r}: images must be a float tensor in [0, 1], got {_describe(images)}")
@@ -165,6 +165,11 @@ class RewardModel(torch.nn.Module, metaclass=abc.ABCMeta):
             bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
             if bad:
                 raise FlowAlignError(f"reward {name!r}: prompts[{bad[0]}] is {type(prompts[bad[0]]).__name__}, expected str")
+            empty = [i for i, p in enumerate(prompts) if not p.strip()] if self.spec.needs_prompt else []
+            if empty:
+                more = f" ({len(empty)} empty in all)" if len(empty) > 1 else ""
+                raise FlowAlignError(f"reward {name!r} needs a non-empty prompt for every sample, but "
+                                     f"prompts[{empty[0]}] is {prompts[empty[0]]!r}{more}")
         if metadata is not None and len(metadata) != batch:
             raise FlowAlignError(f"reward {name!r}: metadata must have {batch} entries, got {len(metadata)}")
         return batch

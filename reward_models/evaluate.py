@@ -9,8 +9,10 @@ Metrics per reward (``Δ = score(image_preferred) − score(other)``):
 - ``accuracy`` (ties dropped): mean over non-tie pairs of ``1[Δ > 0] + 0.5·1[Δ = 0]``.
 - ``accuracy_with_ties`` (ties counted): over all pairs, the prediction is "tie" if
   ``|s0 − s1| <= tie_margin`` else the higher-scored image; correct if it equals the label.
-- score distribution (over distinct images), per-prompt accuracy, and between rewards: the fraction
-  of non-tie pairs where both prefer the same image, and Pearson/Spearman correlation of image scores.
+- score distribution (over distinct images), per-prompt accuracy, and between rewards: the
+  preference agreement over non-tie pairs (:func:`_agreement`: 1 if ``sign(s0 − s1)`` is the same for
+  both rewards, both-tied included; 0.5 if exactly one reward scores the pair a tie; 0 if they prefer
+  different images) and the Pearson/Spearman correlation of image scores.
 
 Pairs whose images a reward marks invalid are left out of that reward's metrics (``n_invalid``).
 """
@@ -131,6 +133,19 @@ def _pair_correct(delta: float) -> float:
     return 1.0 if delta > 0 else (0.5 if delta == 0 else 0.0)
 
 
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _agreement(a0: float, a1: float, b0: float, b1: float) -> float:
+    """Agreement of two rewards on one pair: same ``sign(s0 − s1)`` → 1 (both tie included),
+    exactly one ties → 0.5, opposite preferences → 0."""
+    sa, sb = _sign(a0 - a1), _sign(b0 - b1)
+    if sa == sb:
+        return 1.0
+    return 0.5 if sa == 0 or sb == 0 else 0.0
+
+
 def distribution(values: Sequence[float], bins: int = 20) -> dict[str, Any]:
     """Mean/std/min/max/quantiles and an equal-width histogram (``edges`` has ``bins + 1`` entries)."""
     if not values:
@@ -227,7 +242,7 @@ def compute_metrics(pairs: Sequence[PreferencePair], scores: Mapping[str, Sequen
     names = list(scores)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            same, total, xs, ys = 0, 0, [], []
+            same, total, xs, ys = 0.0, 0, [], []
             for pair, (a0, a1), (b0, b1) in zip(pairs, scores[a], scores[b]):
                 if None in (a0, a1, b0, b1):
                     continue
@@ -235,7 +250,7 @@ def compute_metrics(pairs: Sequence[PreferencePair], scores: Mapping[str, Sequen
                 ys += [b0, b1]
                 if not pair.tie:
                     total += 1
-                    same += (a0 > a1) == (b0 > b1)
+                    same += _agreement(a0, a1, b0, b1)
             ta, tb = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
             agreement[f"{a} vs {b}"] = {
                 "pairs": total, "preference_agreement": same / total if total else None,
@@ -247,14 +262,20 @@ def compute_metrics(pairs: Sequence[PreferencePair], scores: Mapping[str, Sequen
 
 def evaluate_preferences(rewards: Mapping[str, RewardModel], manifest: str | os.PathLike, *, batch_size: int = 8,
                          cache_dir: str | os.PathLike | None = None, skip_bad: bool = False, tie_margin: float = 0.0,
-                         progress: bool = True) -> EvalReport:
-    """Read the manifest, score every image with every reward (cached, batched), compute metrics."""
+                         progress: bool = True, specs: Mapping[str, Mapping[str, Any]] | None = None) -> EvalReport:
+    """Read the manifest, score every image with every reward (cached, batched), compute metrics.
+
+    ``specs``: each reward's JSON config by name, stored in its cache file and checked on load
+    (see ``ScoreCache``); the CLI passes ``reward_label``'s configs.
+    """
+    specs = specs or {}
     pairs, skipped = read_preference_manifest(manifest, skip_bad=skip_bad)
     all_scores: dict[str, list[tuple[float | None, float | None]]] = {}
     for name, reward in rewards.items():
         items = [ScoreItem(p, pair.prompt, pair.source) for pair in pairs for p in (pair.image_0, pair.image_1)]
         results, bad = score_items(reward, items, batch_size=batch_size, skip_bad=skip_bad, desc=f"{name}",
-                                   cache=ScoreCache.for_reward(cache_dir, name), progress=progress)
+                                   cache=ScoreCache.for_reward(cache_dir, name, specs.get(name)),
+                                   progress=progress)
         bad_sources = {b.source for b in bad}
         known = {s.source + s.path for s in skipped}
         skipped += [b for b in bad if b.source + b.path not in known]

@@ -1,8 +1,11 @@
 """Batched scoring of (image file, prompt) items with a resumable on-disk cache.
 
-The cache is one JSON file per reward, ``{key: score | null}`` (null = the reward marked it invalid),
-keyed by ``sha1(absolute path | size | mtime_ns | prompt)`` so edited files are re-scored. It is
-rewritten atomically after every batch, so an interrupted run resumes where it stopped.
+The cache is one JSON file per reward configuration, ``{"spec": config, "scores": {key: score | null}}``
+(null = the reward marked it invalid), keyed by ``sha1(absolute path | size | mtime_ns | prompt)`` so
+edited files are re-scored. The file is named after the reward's label (:func:`reward_label`: the name,
+plus a hash of the kwargs when there are any); a file whose stored ``spec`` differs from the reward's
+(or has none) is ignored with a warning and its scores recomputed. It is rewritten atomically after
+every batch, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -37,11 +41,40 @@ def item_key(item: ScoreItem) -> str:
     return hashlib.sha1(raw.encode("utf-8")).hexdigest()
 
 
-class ScoreCache:
-    """Persistent ``key → score`` map for one reward (``path=None`` keeps it in memory only)."""
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
 
-    def __init__(self, path: str | os.PathLike | None) -> None:
+
+def reward_label(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Label and canonical config ``{"reward": name, "kwargs": {...}}`` of a reward spec.
+
+    The label is the name (or ``module:Class`` path), plus ``[<8 hex>]`` (sha1 of the kwargs as sorted
+    JSON) when the kwargs are non-empty, so two configurations of one reward get distinct labels.
+    """
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, Mapping):
+        name, kwargs = spec.get("name") or spec.get("target"), dict(spec.get("kwargs") or {})
+    else:
+        raise TypeError(f"reward spec must be a name or a config mapping, got {type(spec).__name__}")
+    config = json.loads(_canonical_json({"reward": str(name), "kwargs": kwargs}))
+    if not kwargs:
+        return str(name), config
+    digest = hashlib.sha1(_canonical_json(config["kwargs"]).encode("utf-8")).hexdigest()[:8]
+    return f"{name}[{digest}]", config
+
+
+class ScoreCache:
+    """Persistent ``key → score`` map for one reward (``path=None`` keeps it in memory only).
+
+    ``spec`` (the reward's JSON config) is stored in the file and checked on load: a file written for
+    another spec, or without one, is ignored with a warning and overwritten, i.e. its scores are
+    recomputed. With ``spec=None`` nothing is checked.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, spec: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        self.spec = json.loads(_canonical_json(spec)) if spec is not None else None
         self.scores: dict[str, float | None] = {}
         if self.path is not None and self.path.is_file():
             try:
@@ -50,18 +83,27 @@ class ScoreCache:
                 raise BadInputError(f"score cache {str(self.path)!r} is corrupt ({err}); delete it to start over") from err
             if not isinstance(data, dict) or not isinstance(data.get("scores"), dict):
                 raise BadInputError(f"score cache {str(self.path)!r} must hold an object with a 'scores' mapping")
-            self.scores = data["scores"]
+            stored = data.get("spec")
+            if self.spec is not None and stored != self.spec:
+                warnings.warn(f"score cache {str(self.path)!r} was written for reward {stored!r}, not "
+                              f"{self.spec!r}; ignoring it and recomputing the scores", stacklevel=2)
+            else:
+                self.scores = data["scores"]
+                self.spec = stored if self.spec is None else self.spec
 
     @staticmethod
-    def for_reward(cache_dir: str | os.PathLike | None, label: str) -> "ScoreCache":
+    def for_reward(cache_dir: str | os.PathLike | None, label: str,
+                   spec: Mapping[str, Any] | None = None) -> "ScoreCache":
+        """The cache file ``<cache_dir>/<label as a file name>.json`` (in memory if ``cache_dir`` is None)."""
         if cache_dir is None:
-            return ScoreCache(None)
+            return ScoreCache(None, spec)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "reward"
-        return ScoreCache(Path(cache_dir) / f"{slug}.json")
+        return ScoreCache(Path(cache_dir) / f"{slug}.json", spec)
 
     def save(self) -> None:
         if self.path is not None:
-            atomic_write_json(self.path, {"scores": self.scores})
+            data = {"spec": self.spec, "scores": self.scores} if self.spec is not None else {"scores": self.scores}
+            atomic_write_json(self.path, data)
 
 
 @dataclass
@@ -77,7 +119,8 @@ def score_items(reward: RewardModel, items: Sequence[ScoreItem], *, batch_size: 
     """Score every distinct item; returns ``{item_key: score or None}`` and the skipped bad items.
 
     Images in one reward call must share a size, so each batch is split by image size. A missing or
-    unreadable image raises ``BadInputError`` naming it (and its manifest row) unless ``skip_bad``.
+    unreadable image, or an empty prompt for a reward that needs prompts, raises ``BadInputError``
+    naming it (and its manifest row) unless ``skip_bad``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -86,6 +129,14 @@ def score_items(reward: RewardModel, items: Sequence[ScoreItem], *, batch_size: 
     bad: list[BadItem] = []
     pending: dict[str, ScoreItem] = {}
     for item in items:
+        if reward.spec.needs_prompt and not item.prompt.strip():
+            message = (f"image {str(item.path)!r} ({item.source}) has an empty prompt, but reward "
+                       f"{reward.spec.name!r} needs one (from the CLI: pass --prompt, put a <stem>.txt next to "
+                       f"each image, or use a --manifest with a 'prompt' column)")
+            if not skip_bad:
+                raise BadInputError(message)
+            bad.append(BadItem(item.source, str(item.path), message))
+            continue
         try:
             key = item_key(item)
         except OSError as err:
@@ -128,7 +179,8 @@ def score_items(reward: RewardModel, items: Sequence[ScoreItem], *, batch_size: 
 def list_image_folder(folder: str | os.PathLike, prompt: str | None = None) -> list[ScoreItem]:
     """Images in ``folder`` (sorted, non-recursive); prompt = ``prompt`` or the sidecar ``<stem>.txt``.
 
-    With neither, the prompt is empty (fine for prompt-free rewards; prompt rewards then reject it).
+    With neither, the prompt is empty: fine for prompt-free rewards; ``score_items`` rejects such an
+    item for a reward that needs prompts (``spec.needs_prompt``).
     """
     from reward_models.io_utils import IMAGE_SUFFIXES
 

@@ -20,20 +20,23 @@ def _parse_reward(text: str):
     return text
 
 
-def _label(spec) -> str:
-    return spec if isinstance(spec, str) else str(spec.get("name") or spec.get("target"))
-
-
-def _build_rewards(args) -> dict:
+def _build_rewards(args) -> tuple[dict, dict]:
+    """Rewards and their canonical configs, by label (name, plus ``[hash]`` of the kwargs if any)."""
     from reward_models import build_reward
+    from reward_models.scoring import reward_label
 
-    rewards = {}
+    rewards, configs = {}, {}
     for spec in args.reward:
-        label = _label(spec)
+        if not isinstance(spec, (str, dict)):
+            raise SystemExit(f"error: --reward JSON must be an object, got {json.dumps(spec)}")
+        label, config = reward_label(spec)
         if label in rewards:
             raise SystemExit(f"error: reward {label!r} given twice")
         rewards[label] = build_reward(spec).to(args.device).eval()
-    return rewards
+        configs[label] = config
+        if config["kwargs"]:
+            print(f"{label} = {config['reward']} with kwargs {json.dumps(config['kwargs'], sort_keys=True)}")
+    return rewards, configs
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +60,12 @@ def run_score(args: argparse.Namespace) -> int:
         items, bad = read_score_manifest(args.manifest, prompt=args.prompt, skip_bad=args.skip_bad)
     else:
         items, bad = list_image_folder(args.images, prompt=args.prompt), []
-    rewards = _build_rewards(args)
+    rewards, configs = _build_rewards(args)
     columns: dict[str, dict] = {}
     for label, reward in rewards.items():
+        cache = ScoreCache.for_reward(args.cache_dir, label, configs[label])
         results, bad_items = score_items(reward, items, batch_size=args.batch_size, skip_bad=args.skip_bad,
-                                         cache=ScoreCache.for_reward(args.cache_dir, label), desc=label,
-                                         progress=not args.no_progress)
+                                         cache=cache, desc=label, progress=not args.no_progress)
         bad += [b for b in bad_items if b.source not in {x.source for x in bad}]
         columns[label] = results
     bad_sources = {b.source for b in bad}
@@ -89,8 +92,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from reward_models.report import render_html
 
     out = Path(args.out)
-    rewards = _build_rewards(args)
-    report = evaluate_preferences(rewards, args.manifest, batch_size=args.batch_size,
+    rewards, configs = _build_rewards(args)
+    report = evaluate_preferences(rewards, args.manifest, batch_size=args.batch_size, specs=configs,
                                   cache_dir=args.cache_dir or out / "cache", skip_bad=args.skip_bad,
                                   tie_margin=args.tie_margin, progress=not args.no_progress)
     atomic_write_json(out / "report.json", report.to_dict())

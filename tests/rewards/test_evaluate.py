@@ -202,3 +202,104 @@ def test_cli_score_folder_and_manifest_with_skip_bad(tmp_path, capsys):
     with pytest.raises(Exception, match="did you mean 'eval_brightness'"):
         _cli(["reward", "score", "--reward", "eval_brightnes", "--images", str(folder),
               "--out", str(tmp_path / "x.csv"), "--no-progress", "--device", "cpu"])
+
+
+@register_reward("eval_scaled")
+class EvalScaled(RewardModel):
+    """``scale`` × mean pixel value (needs prompts, like PickScore); counts how many images it scored."""
+
+    spec = RewardSpec(name="eval_scaled", modality="image", needs_prompt=True)
+    calls = 0
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, images, prompts, metadata=None):
+        self.check_inputs(images, prompts, metadata)
+        EvalScaled.calls += images.shape[0]
+        return RewardOutput.from_scores(self.scale * images.mean(dim=(1, 2, 3)))
+
+
+def test_cli_score_folder_without_prompts_is_an_error_for_prompt_rewards(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 50 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "0.txt").write_text("a dark square")
+    argv = ["reward", "score", "--reward", "eval_scaled", "--images", str(folder), "--no-progress", "--device", "cpu"]
+    with pytest.raises(BadInputError, match=r"1\.png.*empty prompt.*'eval_scaled' needs one.*--prompt.*<stem>\.txt"):
+        _cli(argv + ["--out", str(tmp_path / "a.csv")])
+    _cli(argv + ["--out", str(tmp_path / "b.csv"), "--prompt", "a square"])
+    assert len(list(csv.DictReader((tmp_path / "b.csv").open()))) == 2
+    _cli(argv + ["--out", str(tmp_path / "c.csv"), "--skip-bad"])  # skips the image without a prompt
+    assert [r["prompt"] for r in csv.DictReader((tmp_path / "c.csv").open())] == ["a dark square"]
+
+
+def _scaled(scale) -> str:
+    return json.dumps({"name": "eval_scaled", "kwargs": {"scale": scale}})
+
+
+def test_cli_eval_caches_each_reward_configuration_separately(tmp_path, capsys):
+    from reward_models.scoring import reward_label
+
+    manifest = make_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    base = ["reward", "eval", "--manifest", str(manifest), "--out", str(out), "--no-progress", "--device", "cpu"]
+    plus, minus = reward_label(json.loads(_scaled(1.0)))[0], reward_label(json.loads(_scaled(-1.0)))[0]
+    assert plus.startswith("eval_scaled[") and plus != minus and reward_label("eval_scaled")[0] == "eval_scaled"
+    assert reward_label({"name": "eval_scaled", "kwargs": {"a": 1, "b": 2}}) == \
+        reward_label({"name": "eval_scaled", "kwargs": {"b": 2, "a": 1}})  # stable: sorted JSON
+    _cli(base + ["--reward", _scaled(1.0)])
+    assert json.loads((out / "report.json").read_text())["rewards"][plus]["accuracy"] == 1.0
+    _cli(base + ["--reward", _scaled(-1.0)])  # same --out: must not reuse the scale=1 scores
+    assert json.loads((out / "report.json").read_text())["rewards"][minus]["accuracy"] == 0.0
+    _cli(base + ["--reward", _scaled(1.0), "--reward", _scaled(-1.0)])  # was "given twice"
+    report = json.loads((out / "report.json").read_text())
+    assert report["rewards"][plus]["accuracy"] == 1.0 and report["rewards"][minus]["accuracy"] == 0.0
+    cached = json.loads((out / "cache" / f"{plus.replace('[', '_').rstrip(']')}.json").read_text())
+    assert cached["spec"] == {"reward": "eval_scaled", "kwargs": {"scale": 1.0}} and len(cached["scores"]) == 50
+    assert f"{plus} = eval_scaled with kwargs" in capsys.readouterr().out
+
+
+def test_cache_written_for_another_spec_is_recomputed(tmp_path):
+    manifest = make_dataset(tmp_path / "data")
+    cache = tmp_path / "cache"
+    spec = {"reward": "eval_scaled", "kwargs": {"scale": 1.0}}
+    evaluate_preferences({"r": EvalScaled(1.0)}, manifest, cache_dir=cache, specs={"r": spec}, progress=False)
+    EvalScaled.calls = 0
+    evaluate_preferences({"r": EvalScaled(1.0)}, manifest, cache_dir=cache, specs={"r": spec}, progress=False)
+    assert EvalScaled.calls == 0  # same spec: everything from the cache
+    other = {"reward": "eval_scaled", "kwargs": {"scale": -1.0}}
+    with pytest.warns(UserWarning, match="written for reward .*'scale': 1.0.*recomputing"):
+        report = evaluate_preferences({"r": EvalScaled(-1.0)}, manifest, cache_dir=cache, specs={"r": other},
+                                      progress=False)
+    assert EvalScaled.calls == 50 and report.rewards["r"].accuracy == 0.0
+    assert json.loads((cache / "r.json").read_text())["spec"] == other
+    data = json.loads((cache / "r.json").read_text())
+    del data["spec"]  # a cache written before specs were stored is not trusted either
+    (cache / "r.json").write_text(json.dumps(data))
+    EvalScaled.calls = 0
+    with pytest.warns(UserWarning, match="written for reward None"):
+        evaluate_preferences({"r": EvalScaled(-1.0)}, manifest, cache_dir=cache, specs={"r": other}, progress=False)
+    assert EvalScaled.calls == 50
+
+
+def test_agreement_counts_ties_by_sign():
+    from pathlib import Path
+
+    from reward_models.evaluate import PreferencePair, compute_metrics
+
+    def agreement(a, b):
+        pairs = [PreferencePair(f"p{i}", Path(f"{i}_0.png"), Path(f"{i}_1.png"), 0, f"m:{i}") for i in range(len(a))]
+        result = compute_metrics(pairs, {"a": a, "b": b}).agreement["a vs b"]
+        assert result["pairs"] == len(a)
+        return result["preference_agreement"]
+
+    assert agreement([(1.0, 0.0)], [(3.0, 2.0)]) == 1.0  # same preference
+    assert agreement([(1.0, 0.0)], [(2.0, 3.0)]) == 0.0  # opposite preferences
+    assert agreement([(1.0, 1.0)], [(2.0, 2.0)]) == 1.0  # both tie
+    assert agreement([(1.0, 1.0)], [(2.0, 3.0)]) == 0.5  # one tie vs image_1 (was counted as agreement)
+    assert agreement([(1.0, 1.0)], [(3.0, 2.0)]) == 0.5  # one tie vs image_0 (was counted as disagreement)
+    assert agreement([(1.0, 0.0), (1.0, 1.0), (5.0, 5.0), (0.0, 1.0)],
+                     [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.0)]) == pytest.approx(2.5 / 4)

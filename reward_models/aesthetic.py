@@ -3,7 +3,8 @@
 ``score = MLP(e / ‖e‖)`` where ``e`` is the projected CLIP image embedding (768-d for ViT-L/14).
 The head is the published ``sac+logos+ava1-l14-linearMSE.pth`` state dict: ``layers.{0,2,4,6,7}``
 Linear stack 768→1024→128→64→16→1 (dropouts at 1, 3, 5; no activations). Scores ≈ 1–10 (AVA scale).
-Preprocessing (OpenAI CLIP's): bicubic shortest-edge 224, center crop 224, OpenAI mean/std, in torch.
+Preprocessing (OpenAI CLIP's torchvision one): bicubic shortest-edge 224, center crop 224 (offset
+``round((H − 224) / 2)``), OpenAI mean/std, in torch.
 Differentiable.
 """
 
@@ -15,6 +16,7 @@ from typing import Sequence
 import torch
 from transformers import CLIPConfig, CLIPModel
 
+from flowalign.errors import ConfigError
 from reward_models.base import RewardModel, RewardOutput, RewardSpec, register_reward
 from reward_models.clip_common import load_clip_model, read_image_transform
 from reward_models.hub import load_checked, load_state_dict_file, resolve_file
@@ -61,7 +63,7 @@ class AestheticScore(RewardModel):
         """``clip``: transformers CLIP folder/hub id; ``head``: the .pth file, a folder or hub repo holding it."""
         model = load_clip_model(clip, torch_dtype)
         mlp = cls.load_head(head, model.config.projection_dim)
-        transform = read_image_transform(clip, model.config.vision_config.image_size)
+        transform = read_image_transform(clip, model.config.vision_config.image_size, crop_offset="round")
         return cls(model, mlp, transform).to(device or "cpu")
 
     @staticmethod
@@ -77,8 +79,13 @@ class AestheticScore(RewardModel):
         return cls(CLIPModel(config), AestheticHead(config.projection_dim))
 
     @classmethod
-    def create(cls, **kwargs) -> "AestheticScore":
-        return cls.from_pretrained(**kwargs)
+    def create(cls, pretrained: str | os.PathLike | None = None, **kwargs) -> "AestheticScore":
+        """Config factory: ``pretrained`` is the CLIP model (as for the other rewards; alias of ``clip``)."""
+        clip = kwargs.pop("clip", None)
+        if pretrained is not None and clip is not None:
+            raise ConfigError("aesthetic: give the CLIP model as 'pretrained' or as 'clip', not both "
+                              f"(got pretrained={str(pretrained)!r}, clip={str(clip)!r})")
+        return cls.from_pretrained(pretrained or clip or DEFAULT_AESTHETIC_CLIP, **kwargs)
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None, metadata=None) -> RewardOutput:
         self.check_inputs(images, prompts, metadata)

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
 from reward_models.hub import CheckpointKeyError
-from reward_models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform
+from reward_models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CropOffset, ImageTransform
 
 #: buffers older checkpoints carry that current transformers recomputes
 _IGNORED_UNEXPECTED = ("position_ids",)
@@ -41,11 +41,15 @@ def load_tokenizer(path: str | os.PathLike, max_length: int) -> PreTrainedTokeni
     return tokenizer
 
 
-def read_image_transform(path: str | os.PathLike, image_size: int) -> ImageTransform:
-    """CLIP crop transform from a local ``preprocessor_config.json`` if there is one, else OpenAI defaults."""
+def read_image_transform(path: str | os.PathLike, image_size: int, *, crop_offset: CropOffset) -> ImageTransform:
+    """CLIP crop transform from a local ``preprocessor_config.json`` if there is one, else OpenAI defaults.
+
+    ``crop_offset``: ``"floor"`` where the original model used transformers' CLIPImageProcessor,
+    ``"round"`` where it used torchvision (see ``preprocess.center_crop``).
+    """
     config_file = Path(path) / "preprocessor_config.json"
     if not config_file.is_file():
-        return ImageTransform(size=image_size)
+        return ImageTransform(size=image_size, crop_offset=crop_offset)
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
@@ -53,11 +57,15 @@ def read_image_transform(path: str | os.PathLike, image_size: int) -> ImageTrans
     crop = config.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else int(crop)
     return ImageTransform(size=crop, mean=tuple(config.get("image_mean", OPENAI_CLIP_MEAN)),
-                          std=tuple(config.get("image_std", OPENAI_CLIP_STD)))
+                          std=tuple(config.get("image_std", OPENAI_CLIP_STD)), crop_offset=crop_offset)
 
 
 class CLIPEmbedder(torch.nn.Module):
-    """Holds a CLIPModel, its tokenizer and torch image transform; returns L2-normalized embeddings."""
+    """Holds a CLIPModel, its tokenizer and torch image transform; returns L2-normalized embeddings.
+
+    The default transform emulates transformers' ``CLIPImageProcessor`` (floor crop offset), which
+    PickScore and CLIPScore were used with.
+    """
 
     def __init__(self, model: CLIPModel, tokenizer: PreTrainedTokenizerBase,
                  transform: ImageTransform | None = None, padding: str | bool = "max_length") -> None:
@@ -65,7 +73,8 @@ class CLIPEmbedder(torch.nn.Module):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = int(model.config.text_config.max_position_embeddings)
-        self.transform = transform or ImageTransform(size=int(model.config.vision_config.image_size))
+        self.transform = transform or ImageTransform(size=int(model.config.vision_config.image_size),
+                                                     crop_offset="floor")
         self.padding = padding
 
     @classmethod

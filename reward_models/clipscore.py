@@ -2,7 +2,8 @@
 
 ``score = weight · max(cos, 0)`` with ``weight = 100`` (torchmetrics' CLIPScore, range [0, 100]) by
 default; ``clip_at_zero=False`` gives ``weight · cos`` (Hessel et al. use ``2.5 · max(cos, 0)``).
-Preprocessing: shortest-edge bicubic resize (antialiased) + center crop + OpenAI normalization, in torch.
+Preprocessing: shortest-edge bicubic resize (antialiased) + center crop (offset ``(H − 224) // 2`` as
+transformers' ``CLIPImageProcessor``, which torchmetrics uses) + OpenAI normalization, in torch.
 Differentiable (the gradient is 0 where ``cos < 0`` and ``clip_at_zero`` is on).
 """
 
@@ -40,8 +41,8 @@ class CLIPScore(RewardModel):
         """Load a transformers CLIP folder or hub id (tokenizer from ``tokenizer`` or the same place)."""
         model = load_clip_model(path, torch_dtype)
         tok = load_tokenizer(tokenizer or path, model.config.text_config.max_position_embeddings)
-        embedder = CLIPEmbedder(model, tok, read_image_transform(path, model.config.vision_config.image_size),
-                                padding=True)
+        transform = read_image_transform(path, model.config.vision_config.image_size, crop_offset="floor")
+        embedder = CLIPEmbedder(model, tok, transform, padding=True)
         return cls(embedder, **kwargs).to(device or "cpu")
 
     @classmethod

@@ -253,7 +253,8 @@ class ImageReward(RewardModel):
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.transform = transform or ImageTransform(size=model.image_size, mean=OPENAI_CLIP_MEAN,
-                                                     std=OPENAI_CLIP_STD, mode="crop", interpolation="bicubic")
+                                                     std=OPENAI_CLIP_STD, mode="crop", interpolation="bicubic",
+                                                     crop_offset="round")  # BLIP's torchvision CenterCrop
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike = DEFAULT_IMAGEREWARD_MODEL,

@@ -1,8 +1,9 @@
 """PickScore (Kirstain et al. 2023): ``logit_scale.exp() · cos(image, prompt)`` of a CLIP-H model.
 
 Weights: ``yuvalkirstain/PickScore_v1`` (transformers CLIPModel format); tokenizer and preprocessing
-from ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (shortest-edge bicubic 224, center crop 224, OpenAI
-mean/std), here in torch with antialiasing. Typical scores are ≈ 18–24 (logit scale 100). Differentiable.
+from ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` via transformers' ``CLIPImageProcessor`` (shortest-edge
+bicubic 224, center crop 224 with offset ``(H − 224) // 2``, OpenAI mean/std), here in torch with
+antialiasing. Typical scores are ≈ 18–24 (logit scale 100). Differentiable.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class PickScore(RewardModel):
                         torch_dtype: torch.dtype = torch.float32, device: str | None = None) -> "PickScore":
         model = load_clip_model(path, torch_dtype)
         tokenizer = load_tokenizer(processor, model.config.text_config.max_position_embeddings)
-        transform = read_image_transform(processor, model.config.vision_config.image_size)
+        transform = read_image_transform(processor, model.config.vision_config.image_size,
+                                         crop_offset="floor")
         return cls(CLIPEmbedder(model, tokenizer, transform, padding="max_length")).to(device or "cpu")
 
     @classmethod

@@ -46,6 +46,21 @@ def test_aesthetic_load_score_and_gradient(aesthetic_files, fixed_images):
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 
+def test_aesthetic_config_accepts_pretrained_like_the_other_rewards(aesthetic_files, fixed_images):
+    from flowalign.errors import ConfigError
+    from reward_models import build_reward
+
+    folder, _, _ = aesthetic_files
+    direct = AestheticScore.from_pretrained(folder / "clip", head=folder)(fixed_images, None).scores
+    built = build_reward({"name": "aesthetic", "kwargs": {"pretrained": str(folder / "clip"), "head": str(folder)}})
+    assert isinstance(built, AestheticScore) and torch.allclose(built(fixed_images, None).scores, direct)
+    by_clip = build_reward({"name": "aesthetic", "kwargs": {"clip": str(folder / "clip"), "head": str(folder)}})
+    assert torch.allclose(by_clip(fixed_images, None).scores, direct)
+    with pytest.raises(ConfigError, match="'pretrained' or as 'clip', not both"):
+        build_reward({"name": "aesthetic", "kwargs": {"pretrained": str(folder / "clip"),
+                                                      "clip": str(folder / "clip"), "head": str(folder)}})
+
+
 def test_aesthetic_head_key_mismatch_names_keys(aesthetic_files, tmp_path):
     folder, _, head = aesthetic_files
     state = head.state_dict()

@@ -60,6 +60,19 @@ def test_clipscore_formula_and_gradient(clip_folder, fixed_images):
     assert torch.allclose(clipped.scores, 100 * clipped.components["cosine"].clamp(min=0), atol=1e-5)
 
 
+def test_clip_rewards_crop_like_the_transformers_processor(clip_folder):
+    """40×59 → 32×47: 47 − 32 = 15 ≡ 3 (mod 4), where torchvision's round rule crops one pixel further."""
+    folder, model = clip_folder
+    images = torch.rand(2, 3, 40, 59, generator=torch.Generator().manual_seed(3))
+    expected = _reference_logits(model, images, PROMPTS)
+    with torch.no_grad():
+        pick = PickScore.from_pretrained(folder, processor=folder)(images, PROMPTS).scores
+        clip = CLIPScore.from_pretrained(folder, clip_at_zero=False, weight=1.0)(images, PROMPTS).scores
+    assert torch.allclose(pick, expected, atol=1e-4)
+    assert torch.allclose(clip, expected / model.logit_scale.exp(), atol=1e-5)
+    assert PickScore.from_config(tiny_clip_config()).embedder.transform.crop_offset == "floor"  # default transform
+
+
 def test_pickscore_gradient_wrt_pixels(clip_folder, fixed_images):
     reward = PickScore.from_config(tiny_clip_config())
     images = fixed_images.clone().requires_grad_(True)

@@ -12,7 +12,7 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from reward_models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform, shortest_edge_size
+from reward_models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform, center_crop, shortest_edge_size
 
 PIL_MEAN_TOL, PIL_MAX_TOL = 0.01, 0.05
 
@@ -30,7 +30,11 @@ def _to_pil(image: torch.Tensor) -> tuple[Image.Image, torch.Tensor]:
     return Image.fromarray(np.ascontiguousarray(array)), quantized
 
 
-@pytest.mark.parametrize("shape", [(300, 420), (420, 300), (224, 224), (100, 80)])
+# (300, 422): resized to 224×315, 315 − 224 = 91 ≡ 3 (mod 4), where round(91 / 2) = 46 but 91 // 2 = 45
+ODD_CROP_SHAPES = [(300, 422), (422, 300)]
+
+
+@pytest.mark.parametrize("shape", [(300, 420), (420, 300), (224, 224), (100, 80)] + ODD_CROP_SHAPES)
 def test_crop_transform_matches_torchvision_tensor_ops(shape):
     image = _big_image(*shape)
     reference = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
@@ -40,13 +44,26 @@ def test_crop_transform_matches_torchvision_tensor_ops(shape):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
-def test_crop_transform_matches_transformers_clip_processor():
+@pytest.mark.parametrize("shape", [(300, 420)] + ODD_CROP_SHAPES)
+def test_crop_transform_matches_transformers_clip_processor(shape):
+    """transformers' CLIPImageProcessor crops at ``(H − h) // 2`` (``crop_offset="floor"``)."""
     from transformers import CLIPImageProcessor
 
-    image = _big_image()
+    image = _big_image(*shape)
     processor = CLIPImageProcessor(do_rescale=False)
     reference = processor(images=image[0], return_tensors="pt")["pixel_values"]
-    assert torch.allclose(ImageTransform(size=224)(image), reference, atol=1e-5)
+    assert torch.allclose(ImageTransform(size=224, crop_offset="floor")(image), reference, atol=1e-5)
+    if shape in ODD_CROP_SHAPES:  # the torchvision rule is one pixel off here
+        assert not torch.allclose(ImageTransform(size=224, crop_offset="round")(image), reference, atol=1e-3)
+
+
+@pytest.mark.parametrize("height", [223, 224, 225, 226, 227])
+def test_center_crop_offset_rules(height):
+    image = torch.arange(height, dtype=torch.float32).view(1, 1, height, 1).expand(1, 3, height, 1)
+    assert center_crop(image, (224, 1), "floor")[0, 0, 0, 0].item() == max(height - 224, 0) // 2
+    assert center_crop(image, (224, 1), "round")[0, 0, 0, 0].item() == max(round((height - 224) / 2), 0)
+    with pytest.raises(ValueError, match="'round' or 'floor'"):
+        center_crop(image, 224, "ceil")
 
 
 def test_crop_transform_close_to_pil_pipeline():
@@ -55,7 +72,7 @@ def test_crop_transform_close_to_pil_pipeline():
 
     pil, quantized = _to_pil(_big_image())
     reference = CLIPImageProcessorPil()(images=pil, return_tensors="pt")["pixel_values"]
-    diff = (ImageTransform(size=224)(quantized) - reference).abs()
+    diff = (ImageTransform(size=224, crop_offset="floor")(quantized) - reference).abs()
     assert diff.mean() < PIL_MEAN_TOL and diff.max() < PIL_MAX_TOL
 
 
@@ -74,6 +91,17 @@ def test_letterbox_matches_open_clip_tensor_ops(shape):
     # the padding is zero pixels, i.e. -mean/std after normalization
     if w > h:
         assert torch.allclose(ours[0, :, 0, :], (-torch.tensor(OPENAI_CLIP_MEAN) / torch.tensor(OPENAI_CLIP_STD))[:, None])
+
+
+@pytest.mark.parametrize("shape", [(224, 160), (160, 224), (224, 224), (224, 223)])
+def test_letterbox_pads_images_whose_longer_side_already_fits(shape):
+    from open_clip.transform import center_crop_or_pad
+
+    image = _big_image(*shape)
+    ours = ImageTransform(size=224, mode="letterbox")(image)
+    assert ours.shape == (1, 3, 224, 224)
+    reference = TF.normalize(center_crop_or_pad(image, [224, 224], fill=0), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert torch.allclose(ours, reference, atol=1e-6)
 
 
 def test_letterbox_close_to_open_clip_pil_preprocess():

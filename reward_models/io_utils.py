@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 from flowalign.errors import FlowAlignError
+from flowalign.utils.io import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -81,18 +81,11 @@ def table_columns(path: str | os.PathLike) -> list[str] | None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+    """Write UTF-8 ``text`` (newlines as given) atomically: ``flowalign.utils.io.atomic_path`` (fsynced, mode
+    ``0o666 & ~umask`` as a plain ``open(path, "w")`` would give)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:

@@ -20,7 +20,14 @@ from torchvision.utils import make_grid
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read from /proc where it can be (``os.umask`` sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -4,10 +4,13 @@ import json
 
 import pytest
 import torch
+from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from flowalign.errors import ConfigError, UnsupportedModelError
 from flowalign.models import Geometry, load_model
 from flowalign.models.sd3 import SD3Model
+from flowalign.models.sd3_attention import CollapsedPadJointAttnProcessor, collapsed_padding
 from flowalign.models.tiny import tiny_sd3_pipeline
 from flowalign.sampling import DynamicsConfig, make_generators, rollout
 
@@ -149,3 +152,43 @@ def test_collapsed_zero_padding_gives_the_same_velocity(tiny_sd3, sd3_model):
 def test_collapse_is_off_when_t5_is_real():
     pipe = tiny_sd3_pipeline(seed=2, with_t5=True)
     assert not SD3Model(pipe, collapse_zero_padding=True).collapse_zero_padding
+
+
+def _tiny_sd35_pipeline(seed: int = 0):
+    """The tiny SD3 pipeline with an SD3.5-style transformer: dual attention (image-only attn2) in block 0, qk norm."""
+    pipe = tiny_sd3_pipeline(seed=seed)
+    old = pipe.transformer.config
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=old.sample_size, patch_size=old.patch_size, in_channels=old.in_channels,
+        out_channels=old.out_channels, num_layers=old.num_layers, attention_head_dim=old.attention_head_dim,
+        num_attention_heads=old.num_attention_heads, joint_attention_dim=old.joint_attention_dim,
+        caption_projection_dim=old.caption_projection_dim, pooled_projection_dim=old.pooled_projection_dim,
+        pos_embed_max_size=old.pos_embed_max_size, dual_attention_layers=(0,), qk_norm="rms_norm",
+    ).eval()
+    return StableDiffusion3Pipeline(**{**pipe.components, "transformer": transformer})
+
+
+def test_collapsed_zero_padding_with_sd35_dual_attention():
+    """SD3.5 dual-attention blocks call an image-only attn2 without context: collapse must leave it alone."""
+    pipe = _tiny_sd35_pipeline()
+    assert pipe.transformer.transformer_blocks[0].attn2 is not None
+    full, collapsed = SD3Model(pipe), SD3Model(pipe, collapse_zero_padding=True)
+    assert collapsed.collapse_zero_padding
+    geometry = full.default_geometry()
+    x = full.initial_noise(geometry, make_generators([0, 1]))
+    with torch.no_grad():
+        v_full = full.velocity(x, 0.7, full.encode_prompts(PROMPTS), geometry)
+        v_short = collapsed.velocity(x, 0.7, collapsed.encode_prompts(PROMPTS), geometry)  # was: TypeError
+    torch.testing.assert_close(v_short, v_full, rtol=0, atol=1e-5)
+    processors = pipe.transformer.attn_processors
+    assert all(type(p).__name__ == "JointAttnProcessor2_0" for p in processors.values())
+    # inside the block: joint attentions collapsed, attn2 keeps the pipeline's processor
+    with collapsed_padding(pipe.transformer, 256):
+        inside = pipe.transformer.attn_processors
+    assert type(inside["transformer_blocks.0.attn.processor"]).__name__ == "CollapsedPadJointAttnProcessor"
+    assert inside["transformer_blocks.0.attn2.processor"] is processors["transformer_blocks.0.attn2.processor"]
+    # and the processor itself, if given a context-free attention anyway, is the plain one
+    attn2, h = pipe.transformer.transformer_blocks[0].attn2, torch.randn(2, 64, 32)
+    with torch.no_grad():
+        assert torch.equal(CollapsedPadJointAttnProcessor(256)(attn2, h), JointAttnProcessor2_0()(attn2, h))

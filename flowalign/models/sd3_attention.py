@@ -4,6 +4,10 @@ identical at every layer, and attention over n identical keys equals attention o
 logit raised by log n. Encoding with ``max_sequence_length=1`` and this processor (the single zero token is
 the LAST context token) gives the same velocity as the full sequence (float32 rounding, ~1e-6) with 255 fewer
 context tokens. Used by the toy pretraining and, opt-in, by ``SD3Model(collapse_zero_padding=True)``.
+
+Only the joint (image + context) attentions get the collapsed processor: SD3.5's dual-attention blocks
+(``dual_attention_layers``) also hold an image-only self-attention ``attn2``, which sees no context tokens and
+has no ``add_q_proj``; it keeps its own processor.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class CollapsedPadJointAttnProcessor:
         self.log_n = math.log(n_pad)
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, *a, **k):
+        if encoder_hidden_states is None:  # no context stream, no padding to collapse (e.g. SD3.5's attn2)
+            return JointAttnProcessor2_0()(attn, hidden_states, None, attention_mask, *a, **k)
         b, n_img = hidden_states.shape[0], hidden_states.shape[1]
 
         def heads(t):
@@ -64,8 +70,16 @@ def collapsed_padding(transformer, n_pad: int) -> Iterator[None]:
         transformer.set_attn_processor(original)
 
 
+def _is_joint(module) -> bool:
+    return isinstance(module, Attention) and getattr(module, "add_q_proj", None) is not None
+
+
 def install(transformer, n_pad: int) -> None:
-    transformer.set_attn_processor(CollapsedPadJointAttnProcessor(n_pad))
+    """The collapsed processor on every joint attention (those with ``add_q_proj``); others keep theirs."""
+    processor = CollapsedPadJointAttnProcessor(n_pad)
+    joint = {f"{name}.processor" for name, module in transformer.named_modules() if _is_joint(module)}
+    transformer.set_attn_processor({key: processor if key in joint else current
+                                    for key, current in transformer.attn_processors.items()})
 
 
 def uninstall(transformer) -> None:

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from flowalign.errors import ConfigError
-from flowalign.erasure.membrane import SPMNetwork, check_layers, merge, target_layers
+from flowalign.erasure.membrane import SPMNetwork, check_layers, layer_shapes, merge
 from flowalign.models.base import FlowModel
 from flowalign.utils.io import atomic_path
 
@@ -37,7 +37,7 @@ def _sha(obj) -> str:
 def architecture(transformer: nn.Module) -> dict[str, str]:
     """Class name, config hash and membrane shape-signature hash of a transformer."""
     config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
-    shapes = sorted((n, m.in_features, m.out_features) for n, m in target_layers(transformer).items())
+    shapes = sorted((n, *shape) for n, shape in layer_shapes(transformer).items())
     return {"class": type(transformer).__name__, "config_sha": _sha(config), "shapes_sha": _sha(shapes)}
 
 
@@ -112,7 +112,7 @@ def network_from_file(path: str | os.PathLike, transformer: nn.Module) -> SPMNet
     if any(v is None for v in layers.values()) or len(tensors) != 2 * len(layers):
         raise ConfigError(f"SPM file {str(path)!r} has unpaired down/up tensors")
     net = SPMNetwork(layers, meta["concepts"])
-    check_layers(net, {n: (m.in_features, m.out_features) for n, m in target_layers(transformer).items()},
+    check_layers(net, layer_shapes(transformer),
                  f"the {type(transformer).__name__} it is loaded onto (file {str(path)!r})")
     n = len(meta["concepts"])
     with torch.no_grad():

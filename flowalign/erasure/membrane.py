@@ -8,6 +8,13 @@ The membranes are forward hooks on the existing ``nn.Linear`` modules (the trans
 re-wired, its state dict is unchanged): ``attach`` adds them, ``detach`` removes them, ``disabled()`` switches
 them off temporarily. peft is not used for the membrane because peft's LoRA scale is one number per layer,
 while facilitated transport needs a different γ for every sample of a batch (and every concept).
+
+A layer wrapped by a peft LoRA (``pipe.load_lora_weights``, or ``flowalign.training.lora.add_lora``) keeps its
+module name and counts as the linear it wraps: its shape is read from ``base_layer`` and the hook sits on the
+wrapper, so ``y = W x + (LoRA) + Σ_i γ_i U_i (D_i x)`` with x the wrapper's input (the same x as the base
+linear's). An SPM therefore attaches to a pipeline with LoRAs loaded exactly as to the plain pipeline. Attach
+after loading or unloading LoRAs: unloading puts the plain linear back in the wrapper's place (detach and attach
+again then).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 
 from flowalign.errors import ConfigError
@@ -31,18 +39,37 @@ SINGLE_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")
 BLOCK_LISTS = {"transformer_blocks": JOINT_TARGETS, "single_transformer_blocks": SINGLE_TARGETS}
 
 
-def target_layers(transformer: nn.Module) -> dict[str, nn.Linear]:
-    """The membrane-carrying linears of ``transformer`` by their module name (e.g. transformer_blocks.0.attn.to_q)."""
-    found: dict[str, nn.Linear] = {}
+def _base_linear(module: nn.Module) -> nn.Linear | None:
+    """The ``nn.Linear`` computing ``module``'s W x: the module itself, or the base layer of a peft wrapper."""
+    if isinstance(module, BaseTunerLayer):
+        module = module.get_base_layer()
+    return module if isinstance(module, nn.Linear) else None
+
+
+def target_layers(transformer: nn.Module) -> dict[str, nn.Module]:
+    """The membrane-carrying linears of ``transformer`` by their module name (e.g. transformer_blocks.0.attn.to_q).
+
+    Each is a plain ``nn.Linear`` or a peft LoRA wrapper of one (the module the hook goes on); shapes: layer_shapes.
+    """
+    found: dict[str, nn.Module] = {}
     for name, module in transformer.named_modules():
         parts = name.split(".", 2)
         if len(parts) == 3 and parts[0] in BLOCK_LISTS and parts[2] in BLOCK_LISTS[parts[0]] \
-                and isinstance(module, nn.Linear):
+                and _base_linear(module) is not None:
             found[name] = module
     if not found:
         raise ConfigError(f"{type(transformer).__name__} has no attention/feed-forward linears in "
                           f"transformer_blocks or single_transformer_blocks; SPM supports SD3 and Flux transformers")
     return found
+
+
+def layer_shapes(transformer: nn.Module) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of every membrane-carrying linear (of the base linear for a peft wrapper)."""
+    shapes = {}
+    for name, module in target_layers(transformer).items():
+        base = _base_linear(module)
+        shapes[name] = (base.in_features, base.out_features)
+    return shapes
 
 
 class Membrane(nn.Module):
@@ -96,7 +123,7 @@ class SPMNetwork(nn.Module):
     @classmethod
     def for_transformer(cls, transformer: nn.Module, concepts: Sequence[str], seed: int = 0) -> SPMNetwork:
         """A fresh (no-op) network shaped for ``transformer``, on its device."""
-        layers = {n: (m.in_features, m.out_features) for n, m in target_layers(transformer).items()}
+        layers = layer_shapes(transformer)
         device = next(transformer.parameters()).device
         return cls(layers, concepts, seed).to(device)
 
@@ -109,12 +136,14 @@ class SPMNetwork(nn.Module):
 
     # --- hooks -----------------------------------------------------------------------------------
     def attach(self, transformer: nn.Module) -> SPMNetwork:
-        """Register the membranes as forward hooks on ``transformer``'s linears (shapes must match)."""
+        """Register the membranes as forward hooks on ``transformer``'s linears (shapes must match).
+
+        A linear wrapped by a peft LoRA is hooked on the wrapper: the membrane adds to the LoRA'd output.
+        """
         if self._handles:
             raise ConfigError("this SPM is already attached; detach() it first")
         layers = target_layers(transformer)
-        check_layers(self, {n: (m.in_features, m.out_features) for n, m in layers.items()},
-                     f"{type(transformer).__name__}")
+        check_layers(self, layer_shapes(transformer), f"{type(transformer).__name__}")
         for name in self.layer_names:
             self._handles.append(layers[name].register_forward_hook(self._hook(self.membrane(name))))
         self._attached_to = transformer

@@ -1,10 +1,13 @@
 """Latent-anchoring training of SPM membranes, in velocity space.
 
 For concept i (its membrane alone on, γ = e_i) and a target prompt t with surrogate s, at x_σ reached by running
-the ORIGINAL model's ODE from seeded noise to a random σ of the schedule (prompt t):
+the model WITH that membrane on (no gradient) along its Euler ODE from seeded noise to a random σ of the schedule
+(prompt t, ``guidance_scale``), as METHODS.md §7 and the original SPM/LECO training do:
     erase  = ‖v'(x, t) − [v(x, s) − η·(v(x, t) − v(x, s))]‖²
     anchor = λ·‖v'(x, a) − v(x, a)‖²   for anchor prompts a and/or random text-embedding directions at t's norm
-v = original model (membranes off, no gradient), v' = with the membrane; ‖·‖² is a mean over elements.
+v = original model (membranes off, no gradient), v' = with the membrane; ‖·‖² is a mean over elements. Both are
+conditional velocities (no CFG); a model whose ``guidance_scale`` is not a CFG weight (Flux-dev's embedded
+guidance) gets ``guidance_scale`` in them too, as in the partial sampling and at inference.
 Target prompts default to the concept itself; with ``target_prompts`` those containing the concept are used and
 their surrogate is the prompt with the concept replaced by ``surrogate``.
 """
@@ -44,7 +47,7 @@ class EraseConfig:
     steps: int = 200
     lr: float = 1e-3
     num_inference_steps: int = 10  # schedule of the partial sampling
-    guidance_scale: float = 1.0  # for the partial sampling
+    guidance_scale: float = 1.0  # for the partial sampling; embedded guidance (Flux-dev) also for the losses
     height: int | None = None  # image size of the partial sampling (None: the pipeline's default)
     width: int | None = None
     seed: int = 0
@@ -103,17 +106,27 @@ class EraseTrainer:
         self.history: list[dict[str, float]] = []
 
     @torch.no_grad()
-    def partial_sample(self, cond: Conditioning, k: int) -> Tensor:
-        """x at σ_k: the original model's Euler ODE from seeded noise, k steps, prompt ``cond``."""
+    def partial_sample(self, cond: Conditioning, k: int, concept_index: int) -> Tensor:
+        """x at σ_k: Euler ODE from seeded noise, k steps, prompt ``cond``, with concept ``concept_index``'s
+        membrane ON (γ = e_i, its current weights, no gradient): the latents the erased model itself visits
+        (METHODS.md §7, as in the original SPM/LECO training), so the losses are taken where the SPM acts."""
         x = self.model.initial_noise(self.geometry, [torch.Generator().manual_seed(self.rng.randrange(2**31))])
         cfg = self.model.uses_cfg(self.config.guidance_scale)
         if cfg and not cond.has_negative:
             cond = self.model.encode_prompts(cond.prompts, with_negative=True)
-        with self.net.disabled():
+        gamma = torch.zeros(self.net.num_concepts)
+        gamma[concept_index] = 1.0
+        with self.net.strength(gamma):
             for i in range(k):
                 v = self.model.velocity(x, self.sigmas[i], cond, self.geometry, self.config.guidance_scale)
                 x = x + (self.sigmas[i + 1] - self.sigmas[i]) * v
         return x
+
+    def loss_guidance(self) -> float:
+        """``guidance_scale`` of the loss velocities, which are conditional-only: the configured one where it is no
+        CFG weight for this model (Flux-dev's embedded guidance, or CFG ≤ 1), else 1 (SD3: v(x, c), no CFG mix)."""
+        g = self.config.guidance_scale
+        return 1.0 if self.model.uses_cfg(g) else g
 
     def losses(self, concept_index: int) -> dict[str, Tensor]:
         """Erase and anchor losses for one concept at one partially sampled latent."""
@@ -121,21 +134,22 @@ class EraseTrainer:
         target, surrogate = self.rng.choice(cfg.targets(cfg.concepts[concept_index]))
         t_cond, s_cond = model.encode_prompts([target]), model.encode_prompts([surrogate])
         k = self.rng.randrange(cfg.num_inference_steps)
-        x, sigma = self.partial_sample(t_cond, k), self.sigmas[k]
+        x, sigma = self.partial_sample(t_cond, k, concept_index), self.sigmas[k]
         anchors = [model.encode_prompts([a]).tensors for a in
                    self.rng.sample(cfg.anchor_prompts, min(cfg.anchors_per_step, len(cfg.anchor_prompts)))]
         anchors += [random_anchor(t_cond.tensors, self.generator) for _ in range(cfg.random_anchors)]
         use_anchors = bool(anchors) and cfg.anchor_weight > 0
         orig = _cat([t_cond.tensors, s_cond.tensors] + (anchors if use_anchors else []))
+        guidance = self.loss_guidance()
         with torch.no_grad(), self.net.disabled():
-            v = model.velocity(x.expand(len(orig), *x.shape[1:]), sigma, orig, self.geometry)
+            v = model.velocity(x.expand(len(orig), *x.shape[1:]), sigma, orig, self.geometry, guidance)
         v_t, v_s, v_a = v[:1], v[1:2], v[2:]
         goal = v_s - cfg.eta * (v_t - v_s)
         new = _cat([t_cond.tensors] + (anchors if use_anchors else []))
         gamma = torch.zeros(len(new), self.net.num_concepts)
         gamma[:, concept_index] = 1.0
         with self.net.strength(gamma):
-            v_new = model.velocity(x.expand(len(new), *x.shape[1:]), sigma, new, self.geometry)
+            v_new = model.velocity(x.expand(len(new), *x.shape[1:]), sigma, new, self.geometry, guidance)
         out = {"erase": torch.mean((v_new[:1] - goal) ** 2)}
         out["anchor"] = torch.mean((v_new[1:] - v_a) ** 2) if use_anchors else torch.zeros(())
         out["loss"] = out["erase"] + cfg.anchor_weight * out["anchor"]

@@ -6,12 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flowalign.erasure import (FacilitatedTransport, SPMNetwork, export_lora, load_spm, merge, read_spm,
-                               save_spm, target_layers)
+from flowalign.erasure import (FacilitatedTransport, SPMNetwork, architecture, export_lora, layer_shapes, load_spm,
+                               merge, read_spm, save_spm, target_layers)
 from flowalign.errors import ConfigError
 from flowalign.models import load_model
 from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
 from flowalign.sampling import DynamicsConfig, make_generators, rollout
+from flowalign.training.lora import DEFAULT_TARGETS, LoRAConfig, add_lora, save_lora
 
 
 def _randomize(net: SPMNetwork, seed: int, std: float = 0.05) -> SPMNetwork:
@@ -176,3 +177,70 @@ def test_bad_inputs(tmp_path):
         SPMNetwork.for_transformer(sd3.transformer, [" "])
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_spm(sd3, tmp_path / "missing.safetensors")
+
+
+def _lora_folder(folder, seed, zero=False):
+    """A diffusers LoRA (this project's save path) for the tiny SD3 pipeline; non-zero unless ``zero``."""
+    pipe = tiny_sd3_pipeline(seed=0)
+    add_lora(pipe.transformer, LoRAConfig(rank=2, alpha=2.0, target_modules=DEFAULT_TARGETS + ["ff.net.2"]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name and not zero:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    save_lora(pipe, pipe.transformer, folder)
+    return folder
+
+
+@pytest.mark.parametrize("zero_lora", [False, True])
+def test_spm_trained_on_the_plain_pipeline_attaches_over_a_loaded_lora(tmp_path, zero_lora):
+    """peft wraps to_q etc. as lora.Linear (same module names): the SPM must still find, shape-check and hook them,
+    adding its membrane to the LoRA'd output."""
+    plain = tiny_sd3_pipeline(seed=0)
+    net = _randomize(SPMNetwork.for_transformer(plain.transformer, ["red"]), 7, std=0.2)
+    path = save_spm(net, plain.transformer, tmp_path / "red.safetensors")
+    net.attach(plain.transformer)
+    spm_only = _velocity(load_model(plain), PROMPTS)
+
+    lora = _lora_folder(tmp_path / "lora", seed=3, zero=zero_lora)
+    pipe = tiny_sd3_pipeline(seed=0)
+    pipe.load_lora_weights(lora)
+    wrapped = target_layers(pipe.transformer)
+    assert type(wrapped["transformer_blocks.0.attn.to_q"]).__module__.startswith("peft")
+    assert layer_shapes(pipe.transformer) == layer_shapes(plain.transformer)  # same names, same shapes
+    assert architecture(pipe.transformer) == architecture(plain.transformer)
+    model = load_model(pipe)
+    lora_only = _velocity(model, PROMPTS)
+
+    spm = load_spm(pipe, path)  # was: "SPM layers do not match ..."
+    with spm.strength(0.0):
+        assert torch.equal(_velocity(model, PROMPTS), lora_only)
+    with_both = _velocity(model, PROMPTS)
+    assert not torch.allclose(with_both, lora_only, atol=1e-3)
+    if zero_lora:
+        assert torch.equal(with_both, spm_only)
+    else:
+        # reference: the LoRA merged into plain linears (W + s·BA), then the SPM on those linears
+        fused = tiny_sd3_pipeline(seed=0)
+        fused.load_lora_weights(lora)
+        fused.fuse_lora()
+        fused.unload_lora_weights()
+        assert all(isinstance(m, torch.nn.Linear) for m in target_layers(fused.transformer).values())
+        fused_model = load_model(fused)
+        assert torch.allclose(_velocity(fused_model, PROMPTS), lora_only, atol=1e-5)
+        load_spm(fused, path)
+        assert torch.allclose(with_both, _velocity(fused_model, PROMPTS), atol=1e-5)
+    spm.detach()
+    assert torch.equal(_velocity(model, PROMPTS), lora_only)
+
+
+def test_training_on_a_model_with_a_lora_covers_the_wrapped_layers():
+    """An SPM made on a transformer carrying a LoRA has every layer of the plain architecture (none skipped)."""
+    for make, extra in ((tiny_sd3_pipeline, ["ff.net.2"]), (tiny_flux_pipeline, ["ff.net.2", "proj_mlp"])):
+        plain = make(seed=0).transformer
+        lora = make(seed=0).transformer
+        add_lora(lora, LoRAConfig(rank=2, target_modules=DEFAULT_TARGETS + extra))
+        assert type(target_layers(lora)["transformer_blocks.0.ff.net.2"]).__module__.startswith("peft")
+        net = SPMNetwork.for_transformer(lora, ["red"])
+        assert net.layer_names == sorted(layer_shapes(plain))
+        assert layer_shapes(lora) == layer_shapes(plain)

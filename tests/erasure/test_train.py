@@ -1,9 +1,11 @@
 """Latent-anchoring training on the tiny SD3 and Flux pipelines."""
 
+import random
+
 import pytest
 import torch
 
-from flowalign.erasure import load_spm, read_spm
+from flowalign.erasure import SPMNetwork, load_spm, read_spm
 from flowalign.erasure.train import EraseConfig, EraseTrainer, train_spm
 from flowalign.errors import ConfigError
 from flowalign.models import load_model
@@ -43,3 +45,64 @@ def test_config_errors():
     pairs = EraseConfig(["red"], target_prompts=["two red circles", "a blue square"]).targets("red")
     assert pairs == [("two red circles", "two circles")]
     assert EraseConfig(["red"]).targets("red") == [("red", "")]
+
+
+def _spy_velocity(model, monkeypatch):
+    """Record the guidance_scale of every model.velocity call."""
+    calls, velocity = [], model.velocity
+
+    def spy(x, sigma, cond, geometry, guidance_scale=1.0):
+        calls.append(guidance_scale)
+        return velocity(x, sigma, cond, geometry, guidance_scale)
+
+    monkeypatch.setattr(model, "velocity", spy)
+    return calls
+
+
+@pytest.mark.parametrize("family,guidance,loss_guidance", [("flux", 3.5, 3.5), ("sd3", 4.0, 1.0), ("sd3", 1.0, 1.0)])
+def test_loss_velocities_use_the_configured_guidance(monkeypatch, family, guidance, loss_guidance):
+    """Flux-dev's guidance is embedded (no CFG): the loss velocities must use the configured guidance, as the partial
+    sampling and inference do. SD3's guidance is a CFG weight: the losses stay conditional-only (guidance 1)."""
+    model = load_model(tiny_sd3_pipeline() if family == "sd3" else tiny_flux_pipeline())
+    assert model.uses_cfg(guidance) == (family == "sd3" and guidance > 1)
+    trainer = EraseTrainer(model, EraseConfig(["red"], anchor_prompts=["a blue square"], random_anchors=1,
+                                              num_inference_steps=3, guidance_scale=guidance, height=32, width=32))
+    sampled = 0
+    for _ in range(4):
+        calls = _spy_velocity(model, monkeypatch)
+        trainer.losses(0)
+        monkeypatch.undo()
+        partial, loss = calls[:-2], calls[-2:]
+        assert partial == [guidance] * len(partial) and loss == [loss_guidance] * 2
+        sampled += len(partial)
+    assert sampled > 0
+
+
+def test_partial_sampling_runs_with_the_concepts_membrane_on():
+    """METHODS.md §7: x_σ is partially sampled with the SPM on (only concept i's membrane, no gradient)."""
+    model = load_model(tiny_sd3_pipeline())
+    net = SPMNetwork.for_transformer(model.transformer, ["red", "blue"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in net.membranes.values():
+            m.up.copy_(torch.randn(m.up.shape, generator=g) * 0.3)
+    trainer = EraseTrainer(model, EraseConfig(["red", "blue"], num_inference_steps=3), net)
+    cond = model.encode_prompts(["red"])
+
+    def ode(seed):
+        x = model.initial_noise(trainer.geometry, [torch.Generator().manual_seed(seed)])
+        with torch.no_grad():
+            for i in range(2):
+                x = x + (trainer.sigmas[i + 1] - trainer.sigmas[i]) * model.velocity(x, trainer.sigmas[i], cond,
+                                                                                     trainer.geometry)
+        return x
+
+    seed = random.Random(5).randrange(2**31)
+    trainer.rng = random.Random(5)
+    x = trainer.partial_sample(cond, 2, concept_index=1)
+    assert not x.requires_grad
+    with net.strength([0.0, 1.0]):
+        assert torch.equal(x, ode(seed))  # blue's membrane on, red's off
+    with net.disabled():
+        assert not torch.allclose(x, ode(seed), atol=1e-3)  # not the original model's x_σ
+    trainer.close()

@@ -1,8 +1,12 @@
 """Command-line parsing: dotted overrides may sit before or after options; anything else unknown is rejected."""
 
+from pathlib import Path
+
 import pytest
 
-from flowalign.cli import parse_args
+from flowalign.cli import main, parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_overrides_before_and_after_options():
@@ -32,3 +36,10 @@ def test_unknown_arguments_are_rejected(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
     assert exit_info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_to_resume_is_a_clear_error(tmp_path, capsys):
+    argv = ["train", str(ROOT / "configs" / "toy_grpo.yaml"), f"output_dir={tmp_path / 'run'}",
+            "--resume", str(tmp_path / "nope")]
+    assert main(argv) == 2
+    assert "checkpoint" in (err := capsys.readouterr().err) and "nope' does not exist" in err

@@ -232,3 +232,12 @@ def test_train_config_validation_runs_post_init():
         load_config(TrainConfig, overrides=["optim.lrr=1e-4"])
     with pytest.raises(ConfigError, match="optim.old_policy must be one of auto, rollout, recompute, got 'old'"):
         load_config(TrainConfig, overrides=["optim.old_policy=old"])
+    for overrides, match in (
+            (["sampling.sde_window_size=0"], r"sde_window_size must lie in \[1, num_steps=10\], got 0"),
+            (["sampling.sde_window_size=11"], r"sde_window_size must lie in \[1, num_steps=10\], got 11"),
+            (["sampling.sde_window_range=[0, 3]"], "sde_window_range needs sampling.sde_window_size"),
+            (["sampling.sde_window_size=4", "sampling.sde_window_range=[5, 9]"], r"high <= num_steps - .* = 6"),
+            (["sampling.sde_window_size=4", "sampling.sde_window_range=[3, 0]"], r"0 <= low <= high"),
+            (["sampling.num_steps=2", "sampling.sde_window_size=4"], r"\[1, num_steps=2\], got 4")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(TrainConfig, overrides=overrides)

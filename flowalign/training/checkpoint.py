@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowalign.errors import FlowAlignError
 from flowalign.utils.io import atomic_dir
 
 STATE_FILE = "state.json"
 PREFIX = "iter-"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FlowAlignError):
     """A checkpoint is missing, incomplete or unreadable."""
 
 

@@ -74,8 +74,25 @@ class SamplingConfig:
             raise ConfigError("sampling.prompts_per_iteration and sampling.rollout_batch_size must be >= 1")
         if not 0 < self.train_step_fraction <= 1:
             raise ConfigError(f"sampling.train_step_fraction must lie in (0, 1], got {self.train_step_fraction}")
-        if self.sde_window_range is not None and len(self.sde_window_range) != 2:
-            raise ConfigError(f"sampling.sde_window_range must be [low, high], got {self.sde_window_range}")
+        self._check_window()
+
+    def _check_window(self) -> None:
+        """The SDE window must fit the schedule: 1 <= size <= num_steps, 0 <= low <= high <= num_steps - size."""
+        size, window_range = self.sde_window_size, self.sde_window_range
+        if size is None:
+            if window_range is not None:
+                raise ConfigError("sampling.sde_window_range needs sampling.sde_window_size (the window's length)")
+            return
+        if not 1 <= size <= self.num_steps:
+            raise ConfigError(f"sampling.sde_window_size must lie in [1, num_steps={self.num_steps}], got {size}")
+        if window_range is None:
+            return
+        if len(window_range) != 2:
+            raise ConfigError(f"sampling.sde_window_range must be [low, high], got {window_range}")
+        low, high = window_range
+        if not 0 <= low <= high <= self.num_steps - size:
+            raise ConfigError(f"sampling.sde_window_range {window_range}: the window's start must satisfy "
+                              f"0 <= low <= high <= num_steps - sde_window_size = {self.num_steps - size}")
 
     @property
     def dynamics_config(self) -> DynamicsConfig:

@@ -31,6 +31,8 @@ def test_sample_writes_pngs_grid_and_manifest(saved_sd3, tmp_path):
     for sample in manifest["samples"]:
         assert Image.open(out / sample["files"][0]).size == (32, 32)
     assert Image.open(out / "grid.png").size[0] > 64
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert rows == [{"image": s["files"][0], "prompt": s["prompt"], "seed": s["seed"]} for s in manifest["samples"]]
 
 
 def test_same_seed_same_image(saved_sd3, tmp_path):

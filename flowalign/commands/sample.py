@@ -93,5 +93,10 @@ def run(args: argparse.Namespace) -> int:
                                                       "dynamics": dataclasses.asdict(dynamics),
                                                       "guidance_scale": args.guidance_scale,
                                                       "samples": manifest}, indent=2))
-    print(f"wrote {len(manifest)} samples and grid.png to {args.out}")
+    wrote = "samples.json"
+    if images.ndim == 4:  # a score manifest (`flowalign reward score --manifest`): one row per image
+        write_text(args.out / "samples.jsonl", "".join(
+            json.dumps({"image": m["files"][0], "prompt": m["prompt"], "seed": m["seed"]}) + "\n" for m in manifest))
+        wrote += ", samples.jsonl"
+    print(f"wrote {len(manifest)} samples, grid.png and {wrote} to {args.out}")
     return 0

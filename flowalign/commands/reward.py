@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+from flowalign.commands import DEVICE_HELP, resolve_device
 
 
 def _parse_reward(text: str):
@@ -32,7 +32,7 @@ def _build_rewards(args) -> tuple[dict, dict]:
         label, config = reward_label(spec)
         if label in rewards:
             raise SystemExit(f"error: reward {label!r} given twice")
-        rewards[label] = build_reward(spec).to(args.device).eval()
+        rewards[label] = build_reward(spec).to(resolve_device(args.device)).eval()
         configs[label] = config
         if config["kwargs"]:
             print(f"{label} = {config['reward']} with kwargs {json.dumps(config['kwargs'], sort_keys=True)}")
@@ -43,7 +43,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward", action="append", required=True, type=_parse_reward,
                         help="reward name, 'module:Class' or JSON config; repeat for several")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
     parser.add_argument("--cache-dir", default=None, help="resumable per-reward score cache")
     parser.add_argument("--skip-bad", action="store_true", help="skip and report bad rows/images instead of failing")
     parser.add_argument("--no-progress", action="store_true")

@@ -7,14 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
+from flowalign.commands import DEVICE_HELP, DTYPE_NAMES, resolve_device
 from flowalign.errors import ConfigError
-from flowalign.models import Geometry, load_model
-from flowalign.sampling import DYNAMICS, DynamicsConfig, SDEWindow, make_generators, rollout
-from flowalign.utils.io import save_grid, save_png, write_text
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-prompt", default=None, help="negative prompt for classifier-free guidance")
     p.add_argument("--num-per-prompt", type=int, default=1)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--dynamics", default="ode", choices=DYNAMICS)
+    p.add_argument("--dynamics", default="ode", help="ode (default), flow_sde, dance_sde or cps (docs/sampling.md)")
     p.add_argument("--noise-level", type=float, default=0.7)
     p.add_argument("--sde-window", type=int, nargs=2, metavar=("START", "SIZE"), default=None)
     p.add_argument("--guidance-scale", type=float, default=1.0)
@@ -36,8 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-frames", type=int, help="video models only")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     p.add_argument("--out", type=Path, default=Path("outputs/samples"))
     p.set_defaults(func=run)
 
@@ -54,12 +48,19 @@ def read_prompts(prompts: list[str], prompt_file: Path | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from flowalign.models import Geometry, load_model
+    from flowalign.sampling import DynamicsConfig, SDEWindow, make_generators, rollout
+    from flowalign.utils.io import save_grid, save_png, write_text
+
     prompts = read_prompts(args.prompt, args.prompt_file)
+    device = resolve_device(args.device)
     if args.num_per_prompt < 1 or args.batch_size < 1:
         raise ConfigError("--num-per-prompt and --batch-size must be >= 1")
     dynamics = DynamicsConfig(args.dynamics, args.noise_level if args.dynamics != "ode" else 0.0)
     window = SDEWindow(*args.sde_window) if args.sde_window else None
-    model = load_model(args.model, device=args.device, torch_dtype=DTYPES[args.dtype])
+    model = load_model(args.model, device=device, torch_dtype=getattr(torch, args.dtype))
     default = model.default_geometry()
     geometry = Geometry(args.height or default.height, args.width or default.width,
                         args.num_frames or default.num_frames)
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         batch_prompts = expanded[start : start + args.batch_size]
         cond = model.encode_prompts(batch_prompts, args.negative_prompt, with_negative=use_cfg)
         traj = rollout(model, cond, geometry, num_steps=args.steps, dynamics=dynamics, window=window,
-                       generators=make_generators(seeds[start : start + args.batch_size], args.device),
+                       generators=make_generators(seeds[start : start + args.batch_size], device),
                        guidance_scale=args.guidance_scale)
         with torch.no_grad():
             pixels.append(model.decode(traj.final, geometry).cpu())

@@ -11,7 +11,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Train with a YAML recipe from configs/ and dotted overrides, e.g. "
                                           "`flowalign train configs/toy_grpo_guard.yaml optim.lr=3e-4`.")
     p.add_argument("config", help="YAML recipe")
-    p.add_argument("overrides", nargs="*", help="dotted overrides: section.key=value")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted overrides: section.key=value")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from the newest checkpoint of output_dir (or from the given checkpoint folder)")
     p.add_argument("--overwrite", action="store_true",

@@ -116,6 +116,13 @@ def test_wrong_pipeline_object_for_adapter(tiny_sd3):
         FluxModel(tiny_sd3)
 
 
+def test_bad_geometry_is_a_clear_error_when_resolved(sd3_model):
+    multiple = sd3_model.pipeline.vae_scale_factor * sd3_model.transformer.config.patch_size  # VAE × patch
+    with pytest.raises(ConfigError, match=f"SD3 needs height and width divisible by {multiple}, got 33x32"):
+        sd3_model.resolve_geometry(33, 32)
+    assert sd3_model.resolve_geometry(12 * multiple, None).height == 12 * multiple
+
+
 def test_mismatched_negative_prompts_are_rejected(sd3_model):
     with pytest.raises(ConfigError, match="got 2 prompts but 3 negative prompts"):
         sd3_model.encode_prompts(PROMPTS, ["", "", ""])

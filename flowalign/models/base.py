@@ -156,9 +156,12 @@ class FlowModel(ABC):
 
     def resolve_geometry(self, height: int | None = None, width: int | None = None,
                          num_frames: int | None = None) -> Geometry:
-        """The pipeline's default geometry with the given sizes replacing its own (None keeps the default)."""
+        """The pipeline's default geometry with the given sizes replacing its own (None keeps the default);
+        a size the model cannot take raises ``ConfigError`` here, before any sampling."""
         default = self.default_geometry()
-        return Geometry(height or default.height, width or default.width, num_frames or default.num_frames)
+        geometry = Geometry(height or default.height, width or default.width, num_frames or default.num_frames)
+        self.latent_shape(geometry)
+        return geometry
 
     @abstractmethod
     def latent_shape(self, geometry: Geometry) -> tuple[int, ...]:

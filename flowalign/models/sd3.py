@@ -12,6 +12,7 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 from torch import Tensor
 
+from flowalign.errors import ConfigError
 from flowalign.models.base import FlowModel, Geometry
 from flowalign.models.sd3_attention import collapsed_padding
 
@@ -49,6 +50,11 @@ class SD3Model(FlowModel):
 
     def latent_shape(self, geometry: Geometry) -> tuple[int, ...]:
         f = self.pipeline.vae_scale_factor
+        multiple = f * self.transformer.config.patch_size
+        if geometry.height % multiple or geometry.width % multiple:
+            raise ConfigError(
+                f"SD3 needs height and width divisible by {multiple}, got {geometry.height}x{geometry.width}"
+            )
         return (self.transformer.config.in_channels, geometry.height // f, geometry.width // f)
 
     def schedule(self, num_steps: int, geometry: Geometry) -> Tensor:

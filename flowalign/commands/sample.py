@@ -50,7 +50,7 @@ def read_prompts(prompts: list[str], prompt_file: Path | None) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from flowalign.models import Geometry, load_model
+    from flowalign.models import load_model
     from flowalign.sampling import DynamicsConfig, SDEWindow, make_generators, rollout
     from flowalign.utils.io import save_grid, save_png, write_text
 
@@ -61,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
     dynamics = DynamicsConfig(args.dynamics, args.noise_level if args.dynamics != "ode" else 0.0)
     window = SDEWindow(*args.sde_window) if args.sde_window else None
     model = load_model(args.model, device=device, torch_dtype=getattr(torch, args.dtype))
-    default = model.default_geometry()
-    geometry = Geometry(args.height or default.height, args.width or default.width,
-                        args.num_frames or default.num_frames)
+    geometry = model.resolve_geometry(args.height, args.width, args.num_frames)
     use_cfg = model.uses_cfg(args.guidance_scale)
     expanded = [p for p in prompts for _ in range(args.num_per_prompt)]
     seeds = [args.seed + i for i in range(len(expanded))]

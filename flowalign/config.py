@@ -60,10 +60,17 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     for item in overrides:
         key, value = parse_override(item)
         stated = _deep_merge(stated, _nest(key.split("."), value))
-    merged: dict = {}
-    for layer in [*layers, stated]:
-        merged = _merge_section(cls, merged, layer)
-    return from_dict(cls, merged)
+    try:
+        merged: dict = {}
+        for layer in [*layers, stated]:
+            merged = _merge_section(cls, merged, layer)
+        return from_dict(cls, merged)
+    except ConfigError as err:
+        if path is None:
+            raise
+        sources = f"{path}" + (" and its base" if len(layers) > 1 else "")
+        sources += " with the overrides" if overrides else ""
+        raise ConfigError(f"{err} (in {sources})") from err
 
 
 def _read_yaml(file: Path, seen: tuple[Path, ...] = ()) -> list[dict]:

@@ -13,7 +13,9 @@ from safetensors.torch import load_file, save_file
 from flowalign.errors import ConfigError
 from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 from flowalign.training.checkpoint import CheckpointError, list_checkpoints
-from flowalign.training.config import ModelConfig, OptimConfig, RewardConfig, SamplingConfig
+from flowalign.algorithms.grpo import GRPOConfig
+from flowalign.algorithms.grpo_guard import GRPOGuardConfig
+from flowalign.training.config import EvalConfig, ModelConfig, OptimConfig, RewardConfig, SamplingConfig
 from flowalign.training.lora import LoRAConfig, lora_state_dict
 from flowalign.training.metrics import read_metrics
 from flowalign.training.trainer import Trainer, TrainingError
@@ -49,6 +51,31 @@ def test_one_training_step_changes_only_the_adapter(tmp_path, family):
     assert all("lora_" in k for k in changed), sorted(k for k in changed if "lora_" not in k)[:5]
     assert "eval/reward" in summary["eval_after"]
     assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+class Blueness(Redness):
+    """−Redness: the same images ranked the other way round."""
+
+    def forward(self, images, prompts, metadata=None):
+        out = super().forward(images, prompts, metadata)
+        out.scores.neg_()
+        return out
+
+
+@pytest.mark.parametrize("algorithm", [GRPOConfig(), GRPOGuardConfig()], ids=["grpo", "grpo_guard"])
+def test_training_raises_the_held_out_reward_whichever_way_it_points(tmp_path, algorithm):
+    """Ten iterations raise the ODE evaluation's reward, and with the reward negated they lower it: the
+    advantages, the ratio and the update all point the right way."""
+    for reward in (Redness(), Blueness()):
+        config = tiny_config(
+            tmp_path / type(reward).__name__, iterations=10, algorithm=algorithm,
+            sampling=SamplingConfig(num_steps=4, group_size=4, prompts_per_iteration=2, rollout_batch_size=8),
+            optim=OptimConfig(lr=1e-2, micro_batch_size=8, steps_per_iteration=1),
+            eval=EvalConfig(every=10, num_steps=4, max_prompts=4, samples_per_prompt=2, batch_size=8))
+        trainer = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=reward)
+        trainer.run()
+        before, after = [row["eval/reward"] for row in trainer.history if "eval/reward" in row]
+        assert after > before + 1e-3, (type(reward).__name__, before, after)
 
 
 def test_final_model_is_the_evaluated_one(tmp_path):

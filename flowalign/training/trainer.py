@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from flowalign.algorithms import PolicyBatch, build_algorithm
+from flowalign.algorithms.advantages import signal_fraction
 from flowalign.config import dump_yaml
 from flowalign.errors import ConfigError, FlowAlignError
 from flowalign.models import FlowModel, load_model
@@ -181,7 +182,7 @@ class Trainer:
             return self._skip(it, "non-finite loss or gradient", metrics)
         self.skipped_in_a_row = 0
         metrics.update(opt_metrics)
-        metrics["advantage/nonzero_frac"] = float((advantages != 0).float().mean())
+        metrics["advantage/nonzero_frac"] = signal_fraction(advantages)
         metrics["speed/rollout_images_per_s"] = traj.batch_size * self.world / max(rollout_time, 1e-9)
         metrics["speed/train_pairs_per_s"] = pairs * self.world / max(time.perf_counter() - train_start, 1e-9)
         metrics["speed/iteration_s"] = time.perf_counter() - start

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from flowalign.errors import ConfigError
-from flowalign.sampling import DynamicsConfig, SDEWindow, make_generators, recompute_log_probs, rollout
+from flowalign.sampling import (
+    DynamicsConfig,
+    SDEWindow,
+    concat_trajectories,
+    make_generators,
+    recompute_log_probs,
+    rollout,
+)
 from flowalign.sampling.dynamics import gaussian_log_ratio
 
 PROMPTS = ["a red circle", "two blue squares"]
@@ -41,6 +48,32 @@ def test_recompute_has_gradients_for_the_transformer(sd3_model):
     grads = [p.grad for p in sd3_model.transformer.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     sd3_model.transformer.zero_grad(set_to_none=True)
+
+
+def test_shared_initial_noise_is_each_groups_first_generators(sd3_model):
+    """With share_initial_noise, every member of group p starts from the noise of generator p·G (the group's
+    first), exactly as model.initial_noise draws it for that generator's seed."""
+    seeds, group = [10, 11, 12, 13, 14, 15], 3
+    cond = sd3_model.encode_prompts(PROMPTS)
+    geometry = sd3_model.default_geometry()
+    traj = rollout(sd3_model, cond, geometry, num_steps=2, dynamics=DynamicsConfig("flow_sde", 0.7),
+                   generators=make_generators(seeds), group_size=group, share_initial_noise=True)
+    for p in range(len(PROMPTS)):
+        expected = sd3_model.initial_noise(geometry, make_generators([seeds[p * group]]))[0]
+        for j in range(group):
+            assert torch.equal(traj.latents[p * group + j, 0], expected), (p, j)
+    assert not torch.equal(traj.latents[0, 0], traj.latents[group, 0])
+
+
+def test_concatenated_trajectories_renumber_their_groups(sd3_model):
+    geometry, dyn = sd3_model.default_geometry(), DynamicsConfig("flow_sde", 0.7)
+    parts = [rollout(sd3_model, sd3_model.encode_prompts(prompts), geometry, num_steps=2, dynamics=dyn,
+                     generators=make_generators(range(first, first + 2 * len(prompts))), group_size=2)
+             for first, prompts in ((0, PROMPTS[:1]), (2, PROMPTS), (6, PROMPTS[1:]))]
+    joined = concat_trajectories(parts)
+    assert joined.group_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert joined.prompts == [PROMPTS[0]] * 2 + [PROMPTS[0]] * 2 + [PROMPTS[1]] * 4
+    torch.testing.assert_close(joined.latents, torch.cat([p.latents for p in parts]), rtol=0, atol=0)
 
 
 def test_sde_window_shares_the_prefix_and_branches(sd3_model):
@@ -112,3 +145,14 @@ def test_random_window_fits():
         assert 1 <= window.start <= 5 and window.mask(10).sum() == 3
     with pytest.raises(ConfigError, match="cannot place an SDE window of 4"):
         SDEWindow.random(3, 4)
+
+
+def test_random_window_start_covers_low_and_high_inclusive():
+    """The start is uniform over [low, high] with both ends included (5 values, 200 draws: each ~40 times)."""
+    gen = torch.Generator().manual_seed(0)
+    starts = [SDEWindow.random(10, 3, low=1, high=5, generator=gen).start for _ in range(200)]
+    assert set(starts) == {1, 2, 3, 4, 5}
+    assert min(starts.count(v) for v in range(1, 6)) >= 20
+    # a one-point range is allowed and always gives that start; the default range ends at num_steps − size
+    assert {SDEWindow.random(6, 2, low=3, high=3, generator=gen).start for _ in range(5)} == {3}
+    assert max(SDEWindow.random(6, 2, generator=gen).start for _ in range(100)) == 4

@@ -66,3 +66,18 @@ def tiny_config(folder: Path, **sections) -> TrainConfig:
     )
     defaults.update(sections)
     return TrainConfig(**defaults)
+
+
+def record_advantages(trainer) -> list[dict]:
+    """Wrap ``trainer.algorithm.advantages`` so that each call's rewards, trajectory and result are recorded."""
+    calls: list[dict] = []
+    original = trainer.algorithm.advantages
+
+    def recording(rewards, trajectory, valid):
+        advantages = original(rewards, trajectory, valid)
+        calls.append({"rewards": rewards.detach().clone(), "trajectory": trajectory, "valid": valid.clone(),
+                      "advantages": advantages.detach().clone()})
+        return advantages
+
+    trainer.algorithm.advantages = recording
+    return calls

@@ -252,3 +252,28 @@ def test_default_architecture_is_the_published_one():
     assert shapes["mlp.layers.0.weight"] == (1024, 768) and shapes["mlp.layers.7.weight"] == (1, 16)
     assert model.text_encoder.encoder.layer[0].attention.self.num_attention_heads == 12
     assert model.visual_encoder.encoder.layers[0].self_attn.num_heads == 16
+
+
+
+def test_crop_rounds_like_torchvision_center_crop(published):
+    """40×59 → 32×47: 47 − 32 = 15 ≡ 3 (mod 4), where BLIP's torchvision ``CenterCrop`` (round half to even:
+    left offset 8) and the transformers processors' floor rule (offset 7) differ by one pixel."""
+    from torchvision import transforms as T
+
+    folder, state = published
+    reward = load(folder)
+    images = torch.rand(2, 3, 40, 59, generator=torch.Generator().manual_seed(3))
+    resized = T.Resize(32, interpolation=T.InterpolationMode.BICUBIC, antialias=True)(images)
+    normalize = T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    expected_pixels = normalize(T.CenterCrop(32)(resized))
+    assert resized.shape[-2:] == (32, 47) and torch.equal(T.CenterCrop(32)(resized), resized[..., 8:40])
+    pixels = reward.transform(images)
+    assert pixels.shape == (2, 3, 32, 32) and torch.allclose(pixels, expected_pixels, atol=1e-5)
+    input_ids, mask = reward.tokenize(PROMPTS)
+    heads = dict(vision_heads=2, text_heads=2, patch=8)
+    with torch.no_grad():
+        out = reward(images, PROMPTS)
+        expected = reference_score(expected_pixels, input_ids, mask, state, **heads)
+        floor_cropped = reference_score(normalize(resized[..., 7:39]), input_ids, mask, state, **heads)
+    assert torch.allclose(out.scores, expected, atol=1e-4), (out.scores, expected)
+    assert not torch.allclose(floor_cropped, expected, atol=1e-3)  # the one-pixel shift changes the score

@@ -1,11 +1,13 @@
+import math
 from dataclasses import replace
 
 import pytest
 import torch
 
 from flowalign.errors import ConfigError
+from flowalign.models import sd3_attention as collapsed_attention
 from flowalign.toy.architecture import ToyArchitecture
-from flowalign.toy.pretrain import PretrainConfig, Pretrainer
+from flowalign.toy.pretrain import N_T5_PAD, PretrainConfig, Pretrainer, _rng, _scenes, foreground_weights
 
 ARCH = ToyArchitecture(vae_channels=(8, 16), num_layers=1, num_heads=2, head_dim=16)
 CFG = PretrainConfig(seed=3, vae_steps=2, flow_steps=3, vae_batch=4, flow_batch=4, log_every=1,
@@ -16,12 +18,29 @@ def losses(cfg, run_dir, stop_after=None):
     return [r["loss"] for r in Pretrainer(cfg, run_dir, log=lambda s: None).run(stop_after)]
 
 
+def flow_loss_after_vae_phase(cfg, run_dir, step=0):
+    """Recompute flow loss ``step`` from the checkpoint ``run`` writes when the VAE phase ends (flow_step 0),
+    with the collapsed attention ``run`` trains with."""
+    t = Pretrainer(cfg, run_dir, log=lambda s: None)
+    assert (t.vae_step, t.flow_step) == (cfg.vae_steps, 0)
+    collapsed_attention.install(t.pipe.transformer, N_T5_PAD)
+    with torch.no_grad():
+        return t, t.flow_loss(step)
+
+
 def test_same_seed_same_first_losses(tmp_path):
     a = losses(CFG, tmp_path / "a")
     b = losses(CFG, tmp_path / "b")
     c = losses(replace(CFG, seed=4), tmp_path / "c")
-    assert len(a) == 5 and all(map(lambda v: v == v, a))
+    assert len(a) == 5 and all(math.isfinite(v) for v in a)
     assert a == b and a != c
+    # the logged losses are the losses of the model the steps start from: recomputed independently of run()
+    with torch.no_grad():
+        assert a[0] == pytest.approx(float(Pretrainer(CFG, tmp_path / "fresh", log=lambda s: None).vae_loss(0)),
+                                     rel=1e-6)
+    assert a[2] == pytest.approx(float(flow_loss_after_vae_phase(CFG, tmp_path / "a")[1]), rel=1e-6)
+    # and the optimiser steps lower them (fixed seed: deterministic)
+    assert a[1] < a[0] and a[2] > a[3] > a[4]
 
 
 def test_resume_continues_the_same_run(tmp_path):
@@ -72,11 +91,27 @@ def test_foreground_weights_cover_the_shape_and_its_rim():
     assert torch.equal(w == 5.0, heavy) and torch.equal(w == 1.0, ~heavy)
 
 
-def test_foreground_weight_changes_only_the_flow_loss(tmp_path):
+def test_foreground_weight_changes_only_the_flow_loss(tmp_path, monkeypatch):
     plain = losses(CFG, tmp_path / "plain")
-    weighted = losses(replace(CFG, foreground_weight=4.0), tmp_path / "weighted")
+    cfg = replace(CFG, foreground_weight=4.0)
+    weighted = losses(cfg, tmp_path / "weighted")
     assert weighted[:2] == plain[:2]  # the VAE phase is untouched
-    assert weighted[2:] != plain[2:] and all(v == v for v in weighted)
+    assert weighted[2:] != plain[2:] and all(math.isfinite(v) for v in weighted)
+    # the first weighted flow loss is the weight-normalised mean of the plain loss's squared errors
+    t, recomputed = flow_loss_after_vae_phase(cfg, tmp_path / "weighted")
+    assert weighted[2] == pytest.approx(float(recomputed), rel=1e-6)
+    seen = []
+    mse = torch.nn.functional.mse_loss
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", lambda v, target: seen.append((v, target)) or mse(v, target))
+    t.cfg = CFG  # same weights (identical VAE phase, same init), no foreground weight
+    with torch.no_grad():
+        assert float(t.flow_loss(0)) == pytest.approx(plain[2], rel=1e-6)
+    (v, target), = seen
+    x, _ = _scenes(CFG, _rng(CFG.seed, 2, 0)[0], CFG.flow_batch)
+    w = foreground_weights(x, ARCH.vae_factor, 4.0)
+    assert w.shape == (CFG.flow_batch, 1, *v.shape[-2:]) and (w > 1).any() and (w == 1).any()
+    squared = (v - target).pow(2).mean(dim=1, keepdim=True)  # per latent pixel, over channels
+    assert weighted[2] == pytest.approx(float((squared * w).sum() / w.sum()), rel=1e-5)
     with pytest.raises(ConfigError, match="foreground_weight"):
         PretrainConfig(foreground_weight=-1.0)
 

@@ -40,15 +40,18 @@ def sd3_forward_flops(config, image_tokens: int, text_tokens: int, text_dim: int
     return flops
 
 
-@pytest.fixture(scope="module")
-def tiny_sd3():
+def fresh_tiny_sd3():
     bench = build_bench_model("tiny-sd3")
     return bench.model, bench.geometry
 
 
+@pytest.fixture(scope="module")
+def tiny_sd3():
+    return fresh_tiny_sd3()
+
+
 def test_rollout_and_training_rows_are_per_timed_call_with_warmup():
-    bench = build_bench_model("tiny-sd3")
-    model, geometry = bench.model, bench.geometry
+    model, geometry = fresh_tiny_sd3()  # gets a LoRA: not the shared one
     params = add_lora(model.transformer, LoRAConfig(rank=2, alpha=4))
     cond = model.encode_prompts(["a red circle", "a blue square"], with_negative=True)
     spec = m.RolloutSpec(3, 2, 4.5, DynamicsConfig("flow_sde", 0.7))

@@ -316,7 +316,9 @@ class Trainer:
         (None with ``optim.old_policy`` rollout: the rollout's means)."""
         self.optimizer.zero_grad(set_to_none=True)
         # the per-pair mean over all processes, after the gradients' mean over processes
-        total = max(self._mean_over_processes(len(samples)), 1e-12)
+        total = self._mean_over_processes(len(samples))
+        if total == 0:  # no process has a pair; an Adam step on zero gradients would still move the weights
+            return True
         finite = True
         for m, (s, t) in enumerate(self._micro_batches(samples, steps)):
             # no autocast: recomputing in another precision than the rollout's breaks ratio == 1 on-policy

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flowalign.algorithms import PolicyBatch, build_algorithm
-from flowalign.algorithms.advantages import group_advantages
+from flowalign.algorithms.advantages import group_advantages, signal_fraction
 from flowalign.algorithms.grpo import GRPOConfig
 from flowalign.algorithms.grpo_guard import GRPOGuardConfig, ratio_norm_log_ratio
 from flowalign.errors import ConfigError
@@ -162,6 +162,12 @@ def test_group_advantages():
     masked = group_advantages(torch.tensor([1.0, 3.0, float("nan"), 2.0]), torch.zeros(4, dtype=torch.long),
                               valid=torch.tensor([True, True, False, True]))
     assert masked[2] == 0 and torch.isfinite(masked).all()
+
+
+def test_signal_fraction_counts_the_samples_that_carry_an_advantage():
+    assert signal_fraction(torch.tensor([0.0, 1.0, -2.0, 0.0])) == 0.5
+    assert signal_fraction(group_advantages(torch.tensor([1.0, 1.0, 0.0, 2.0]), torch.tensor([0, 0, 1, 1]))) == 0.5
+    assert signal_fraction(torch.zeros(0)) == 0.0
 
 
 def test_advantages_are_clamped_on_both_sides():

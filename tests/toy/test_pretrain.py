@@ -136,3 +136,24 @@ def test_patch_size_one_exports_a_loadable_pipeline(tmp_path):
     img = pipe("a red square", num_inference_steps=2, height=32, width=32, guidance_scale=1.0,
                output_type="pt").images
     assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+
+
+def test_vae_loss_is_reconstruction_plus_weighted_kl_to_the_standard_normal(tmp_path, monkeypatch):
+    """Against torch.distributions' KL: a fake encoder's posterior and a fake decoder's output fix every term."""
+    from types import SimpleNamespace
+
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    t = Pretrainer(replace(CFG, kl_weight=0.25), tmp_path / "run", log=lambda s: None)
+    x, _ = _scenes(t.cfg, _rng(t.cfg.seed, 1, 0)[0], t.cfg.vae_batch)
+    channels = t.pipe.vae.config.latent_channels
+    g = torch.Generator().manual_seed(0)
+    mean, logvar = (torch.randn(x.shape[0], channels, 4, 4, generator=g) for _ in range(2))
+    rec = torch.rand(x.shape, generator=g)
+    posterior = DiagonalGaussianDistribution(torch.cat([mean, logvar], 1))
+    monkeypatch.setattr(t.pipe.vae, "encode", lambda images: SimpleNamespace(latent_dist=posterior))
+    monkeypatch.setattr(t.pipe.vae, "decode", lambda z: SimpleNamespace(sample=rec))
+    kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean, (0.5 * logvar).exp()),
+                                           torch.distributions.Normal(0.0, 1.0)).mean()
+    expected = ((rec - x) ** 2).mean() + 0.1 * (rec - x).abs().mean() + 0.25 * kl
+    assert float(t.vae_loss(0)) == pytest.approx(float(expected), rel=1e-5)

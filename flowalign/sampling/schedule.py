@@ -14,6 +14,17 @@ import torch
 from flowalign.errors import ConfigError
 
 
+def window_placement_problem(num_steps: int, size: int, low: int, high: int) -> tuple[str, str] | None:
+    """Why a window of ``size`` steps cannot start anywhere in [low, high] of ``num_steps``: (``"size"`` or
+    ``"range"``, the reason), or None when 1 <= size <= num_steps and 0 <= low <= high <= num_steps − size."""
+    if not 1 <= size <= num_steps:
+        return "size", f"must lie in [1, num_steps={num_steps}], got {size}"
+    if not 0 <= low <= high <= num_steps - size:
+        return "range", (f"[{low}, {high}]: the start must satisfy 0 <= low <= high <= num_steps - size = "
+                         f"{num_steps - size}")
+    return None
+
+
 @dataclass(frozen=True)
 class SDEWindow:
     """Steps ``start .. start + size − 1`` are stochastic; ``size=None`` means all steps from ``start`` on."""
@@ -47,9 +58,9 @@ class SDEWindow:
                generator: torch.Generator | None = None) -> SDEWindow:
         """A window of ``size`` steps starting uniformly in [low, high] (default: anywhere it fits)."""
         high = num_steps - size if high is None else high
-        if size < 1 or size > num_steps or not 0 <= low <= high <= num_steps - size:
-            raise ConfigError(
-                f"cannot place an SDE window of {size} steps with start in [{low}, {high}] in {num_steps} steps"
-            )
+        if problem := window_placement_problem(num_steps, size, low, high):
+            field, why = problem
+            raise ConfigError(f"cannot place an SDE window of {size} steps with start in [{low}, {high}] in "
+                              f"{num_steps} steps: its {field} {why}")
         start = int(torch.randint(low, high + 1, (1,), generator=generator))
         return SDEWindow(start, size)

@@ -13,6 +13,7 @@ from flowalign.algorithms import AlgorithmConfig
 from flowalign.algorithms.grpo_guard import GRPOGuardConfig
 from flowalign.errors import ConfigError
 from flowalign.sampling.dynamics import DynamicsConfig
+from flowalign.sampling.schedule import window_placement_problem
 from flowalign.training.lora import LoRAConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -77,22 +78,18 @@ class SamplingConfig:
         self._check_window()
 
     def _check_window(self) -> None:
-        """The SDE window must fit the schedule: 1 <= size <= num_steps, 0 <= low <= high <= num_steps - size."""
+        """The SDE window must fit the schedule (``window_placement_problem``); a range needs a size."""
         size, window_range = self.sde_window_size, self.sde_window_range
         if size is None:
             if window_range is not None:
                 raise ConfigError("sampling.sde_window_range needs sampling.sde_window_size (the window's length)")
             return
-        if not 1 <= size <= self.num_steps:
-            raise ConfigError(f"sampling.sde_window_size must lie in [1, num_steps={self.num_steps}], got {size}")
-        if window_range is None:
-            return
-        if len(window_range) != 2:
+        if window_range is not None and len(window_range) != 2:
             raise ConfigError(f"sampling.sde_window_range must be [low, high], got {window_range}")
-        low, high = window_range
-        if not 0 <= low <= high <= self.num_steps - size:
-            raise ConfigError(f"sampling.sde_window_range {window_range}: the window's start must satisfy "
-                              f"0 <= low <= high <= num_steps - sde_window_size = {self.num_steps - size}")
+        low, high = window_range or (0, max(self.num_steps - size, 0))
+        if problem := window_placement_problem(self.num_steps, size, low, high):
+            field, why = problem
+            raise ConfigError(f"sampling.sde_window_{field} {why}")
 
     @property
     def dynamics_config(self) -> DynamicsConfig:

@@ -87,8 +87,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {export_lora(args.spm, args.out)}")
     return 0

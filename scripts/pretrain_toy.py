@@ -1,6 +1,12 @@
 """Pretrain the shapes-world toy SD3 pipeline and save it with ``save_pretrained``.
 
-Example (the shipped model): HF_HUB_OFFLINE=1 python scripts/pretrain_toy.py --out assets/toy-sd3 --run-dir runs/toy
+The shipped model, in two stages (assets/README.md): 4000 flow steps at a constant learning rate, then 4000 more
+from that pipeline with a foreground-weighted loss and a cosine decay:
+
+    HF_HUB_OFFLINE=1 python scripts/pretrain_toy.py --out runs/toy/stage1 --run-dir runs/toy
+    HF_HUB_OFFLINE=1 python scripts/pretrain_toy.py --init-from runs/toy/stage1 --steps 8000 \
+        --foreground-weight 4 --lr-schedule cosine --out assets/toy-sd3 --run-dir runs/toy-stage2
+
 Resumes from RUN_DIR/checkpoint.pt when present (same seed and architecture required).
 """
 
@@ -24,7 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-dir", default="runs/toy", help="checkpoint, log and snapshots")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--vae-steps", type=int, default=d.vae_steps)
-    ap.add_argument("--steps", type=int, default=d.flow_steps, help="flow-matching steps")
+    ap.add_argument("--steps", type=int, default=d.flow_steps,
+                    help="flow-matching steps in all (with --init-from: including the source's)")
+    ap.add_argument("--lr-schedule", default=d.lr_schedule, choices=("constant", "cosine"),
+                    help="flow learning rate after warmup: constant, or a cosine decay to 0 at --steps")
+    ap.add_argument("--init-from", default=None,
+                    help="an exported toy pipeline folder: continue its flow phase with a fresh optimiser")
     ap.add_argument("--batch", type=int, default=d.flow_batch)
     ap.add_argument("--lr", type=float, default=d.flow_lr)
     ap.add_argument("--snapshot-every", type=int, default=d.snapshot_every)
@@ -42,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = PretrainConfig(seed=a.seed, vae_steps=a.vae_steps, flow_steps=a.steps, flow_batch=a.batch, flow_lr=a.lr,
                          snapshot_every=a.snapshot_every, checkpoint_every=a.checkpoint_every,
                          log_every=a.log_every, threads=a.threads, foreground_weight=a.foreground_weight,
+                         lr_schedule=a.lr_schedule, init_from=a.init_from,
                          arch=replace(d.arch, patch_size=a.patch_size),
                          scenes=replace(d.scenes, min_size=a.min_size, max_size=a.max_size, gap=a.gap))
     log_file = Path(a.run_dir) / "log.jsonl"

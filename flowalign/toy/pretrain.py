@@ -5,6 +5,11 @@ Phase 2 trains the MMDiT and both CLIP text towers with flow matching: x_σ = (1
 v = ε − x0, σ ~ logit-normal(0, 1); prompts dropped to "" with probability ``p_uncond`` (for CFG). With
 ``foreground_weight`` > 0 the squared error is weighted towards latent pixels on or beside a shape (see
 ``foreground_weights``), normalised by the mean weight.
+The flow learning rate warms up linearly over ``warmup`` steps, then stays constant (``lr_schedule="constant"``)
+or decays to 0 along a half cosine (``"cosine"``). With ``init_from`` (an exported toy pipeline folder) the VAE
+phase is skipped and the flow phase continues from that pipeline's weights and step count (its
+``pretrain_config.json``) with a fresh optimiser, so the data stream goes on where it stopped; warmup and decay
+then span only the continued steps.
 Every step draws its data and noise from (seed, phase, step) only, so a resumed run repeats exactly.
 Checkpoints are written atomically (temp file + os.replace).
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +36,7 @@ from flowalign.toy.architecture import ToyArchitecture, build_toy_pipeline
 from flowalign.toy.scenes import SceneConfig, generate_scenes
 
 N_T5_PAD = 256  # zeros the pipeline appends without T5 (its default max_sequence_length)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -53,6 +60,8 @@ class PretrainConfig:
     checkpoint_every: int = 200
     snapshot_every: int = 0  # >0: export the EMA pipeline to run_dir/snapshots/step_N every N flow steps
     threads: int = 1
+    lr_schedule: str = "constant"  # after warmup: "constant", or "cosine" decay to 0 at flow_steps
+    init_from: str | None = None  # an exported toy pipeline folder: continue its flow phase (skips the VAE phase)
     arch: ToyArchitecture = field(default_factory=ToyArchitecture)
     scenes: SceneConfig = field(default_factory=SceneConfig)
 
@@ -70,6 +79,8 @@ class PretrainConfig:
             raise ConfigError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
         if not 0 <= self.p_uncond < 1:
             raise ConfigError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
 
 def _rng(seed: int, phase: int, step: int) -> tuple[list[int], torch.Generator]:
@@ -99,7 +110,7 @@ class Pretrainer:
         self.ckpt_path = self.run_dir / "checkpoint.pt"
         torch.set_num_threads(cfg.threads)
         self.pipe = build_toy_pipeline(cfg.arch, cfg.seed)
-        self.vae_step = self.flow_step = 0
+        self.vae_step = self.flow_step = self.flow_start = 0
         self.losses: list[dict] = []
         self.vae_opt = torch.optim.AdamW(self.pipe.vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
         groups = [{"params": list(self.pipe.transformer.parameters()), "lr": cfg.flow_lr, "weight_decay": 0.01}]
@@ -109,6 +120,32 @@ class Pretrainer:
         self.ema = self._flow_modules_state()
         if self.ckpt_path.exists():
             self._load()
+        elif cfg.init_from is not None:
+            self._init_from(Path(cfg.init_from))
+
+    def _init_from(self, folder: Path) -> None:
+        """Start from an exported toy pipeline: its VAE (calibration included), transformer and text towers (the
+        EMA starts there too) and its flow step count; the optimiser starts fresh."""
+        made_path = folder / "pretrain_config.json"
+        if not made_path.is_file():
+            raise ConfigError(f"init_from {str(folder)!r} is not an exported toy pipeline: {made_path.name} is missing")
+        made = json.loads(made_path.read_text())
+        if made["flow_step"] >= self.cfg.flow_steps:
+            raise ConfigError(f"init_from {str(folder)!r} is already at flow step {made['flow_step']}; flow_steps "
+                              f"({self.cfg.flow_steps}) must be larger (it counts the source's steps too)")
+        source = StableDiffusion3Pipeline.from_pretrained(str(folder), dtype=torch.float32)
+        try:
+            self.pipe.vae.load_state_dict(source.vae.state_dict())
+            for name, module in self._flow_modules().items():
+                module.load_state_dict(getattr(source, name).state_dict())
+        except RuntimeError as err:
+            raise ConfigError(f"init_from {str(folder)!r} does not have this config's architecture ({err})") from err
+        self.pipe.vae.register_to_config(shift_factor=source.vae.config.shift_factor,
+                                         scaling_factor=source.vae.config.scaling_factor)
+        self.ema = self._flow_modules_state()
+        self.vae_step, self.flow_step = self.cfg.vae_steps, int(made["flow_step"])
+        self.flow_start = self.flow_step
+        self.log(json.dumps({"init_from": str(folder), "flow_step": self.flow_step}))
 
     # --- state -------------------------------------------------------------------------------------
     def _flow_modules(self):
@@ -120,6 +157,7 @@ class Pretrainer:
 
     def state(self) -> dict:
         return {"config": asdict(self.cfg), "vae_step": self.vae_step, "flow_step": self.flow_step,
+                "flow_start": self.flow_start,
                 "vae": self.pipe.vae.state_dict(), "vae_config": dict(self.pipe.vae.config),
                 "vae_opt": self.vae_opt.state_dict(), "flow_opt": self.flow_opt.state_dict(),
                 "modules": {k: m.state_dict() for k, m in self._flow_modules().items()},
@@ -140,6 +178,7 @@ class Pretrainer:
             raise ConfigError(f"checkpoint {self.ckpt_path} was made with another seed, architecture or scene "
                               "config; use a fresh run directory")
         self.vae_step, self.flow_step = state["vae_step"], state["flow_step"]
+        self.flow_start = state.get("flow_start", 0)
         self.pipe.vae.load_state_dict(state["vae"])
         self.pipe.vae.register_to_config(shift_factor=state["vae_config"]["shift_factor"],
                                          scaling_factor=state["vae_config"]["scaling_factor"])
@@ -209,7 +248,12 @@ class Pretrainer:
                     e.copy_(t)
 
     def _lr_scale(self) -> float:
-        return min(1.0, (self.flow_step + 1) / self.cfg.warmup) if self.cfg.warmup > 0 else 1.0
+        """Multiplier of the flow learning rates for the step about to run (counted from ``flow_start``)."""
+        done, span = self.flow_step - self.flow_start, self.cfg.flow_steps - self.flow_start
+        scale = min(1.0, (done + 1) / self.cfg.warmup) if self.cfg.warmup > 0 else 1.0
+        if self.cfg.lr_schedule == "cosine":
+            scale *= 0.5 * (1 + math.cos(math.pi * done / span))
+        return scale
 
     # --- loop ------------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> list[dict]:

@@ -157,3 +157,48 @@ def test_vae_loss_is_reconstruction_plus_weighted_kl_to_the_standard_normal(tmp_
                                            torch.distributions.Normal(0.0, 1.0)).mean()
     expected = ((rec - x) ** 2).mean() + 0.1 * (rec - x).abs().mean() + 0.25 * kl
     assert float(t.vae_loss(0)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_over_the_continued_steps(tmp_path):
+    t = Pretrainer(replace(CFG, flow_steps=10, warmup=2, lr_schedule="cosine"), tmp_path / "run", log=lambda s: None)
+    scales = []
+    for step in range(10):
+        t.flow_step = step
+        scales.append(t._lr_scale())
+    assert scales[0] == pytest.approx(0.5) and scales[1] == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
+    assert scales[5] == pytest.approx(0.5) and scales[9] == pytest.approx(0.5 * (1 + math.cos(0.9 * math.pi)))
+    assert all(a > b for a, b in zip(scales[1:], scales[2:]))
+    t.flow_start, t.flow_step = 6, 6  # a continued run: warmup and decay restart at its first step
+    assert t._lr_scale() == pytest.approx(0.5)
+    constant = Pretrainer(replace(CFG, flow_steps=10, warmup=2), tmp_path / "constant", log=lambda s: None)
+    constant.flow_step = 9
+    assert constant._lr_scale() == 1.0
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        PretrainConfig(lr_schedule="linear")
+
+
+def test_init_from_continues_an_exported_pipeline(tmp_path):
+    source = Pretrainer(CFG, tmp_path / "stage1", log=lambda s: None)
+    source.run()
+    folder = source.export(tmp_path / "stage1_pipe")
+    cfg = replace(CFG, flow_steps=5, init_from=str(folder), lr_schedule="cosine")
+    t = Pretrainer(cfg, tmp_path / "stage2", log=lambda s: None)
+    assert (t.vae_step, t.flow_step, t.flow_start) == (CFG.vae_steps, CFG.flow_steps, CFG.flow_steps)
+    exported = source.ema_pipeline()
+    for name in ("transformer", "vae"):
+        for key, value in getattr(exported, name).state_dict().items():
+            assert torch.equal(getattr(t.pipe, name).state_dict()[key], value), (name, key)
+    assert t.pipe.vae.config.scaling_factor == source.pipe.vae.config.scaling_factor
+    # the first continued loss is flow step 3 of the data stream, on the exported weights
+    collapsed_attention.install(t.pipe.transformer, N_T5_PAD)
+    with torch.no_grad():
+        expected = float(t.flow_loss(CFG.flow_steps))
+    collapsed_attention.uninstall(t.pipe.transformer)
+    log = t.run()
+    assert [r["phase"] for r in log] == ["flow", "flow"] and log[0]["loss"] == pytest.approx(expected, rel=1e-6)
+    t.save_checkpoint()
+    assert Pretrainer(cfg, tmp_path / "stage2", log=lambda s: None).flow_start == CFG.flow_steps  # resumable
+    with pytest.raises(ConfigError, match="flow_steps"):
+        Pretrainer(replace(cfg, flow_steps=3), tmp_path / "too_short", log=lambda s: None)
+    with pytest.raises(ConfigError, match="pretrain_config.json"):
+        Pretrainer(replace(cfg, init_from=str(tmp_path)), tmp_path / "not_a_pipeline", log=lambda s: None)

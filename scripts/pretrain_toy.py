@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flowalign.toy.pretrain import PretrainConfig, Pretrainer  # noqa: E402
+from flowalign.toy.pretrain import LR_SCHEDULES, PretrainConfig, Pretrainer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-steps", type=int, default=d.vae_steps)
     ap.add_argument("--steps", type=int, default=d.flow_steps,
                     help="flow-matching steps in all (with --init-from: including the source's)")
-    ap.add_argument("--lr-schedule", default=d.lr_schedule, choices=("constant", "cosine"),
+    ap.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                     help="flow learning rate after warmup: constant, or a cosine decay to 0 at --steps")
     ap.add_argument("--init-from", default=None,
                     help="an exported toy pipeline folder: continue its flow phase with a fresh optimiser")

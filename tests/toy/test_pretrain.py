@@ -202,3 +202,9 @@ def test_init_from_continues_an_exported_pipeline(tmp_path):
         Pretrainer(replace(cfg, flow_steps=3), tmp_path / "too_short", log=lambda s: None)
     with pytest.raises(ConfigError, match="pretrain_config.json"):
         Pretrainer(replace(cfg, init_from=str(tmp_path)), tmp_path / "not_a_pipeline", log=lambda s: None)
+    other = Pretrainer(replace(CFG, vae_steps=1, flow_steps=1, arch=replace(ARCH, num_layers=2)), tmp_path / "other",
+                       log=lambda s: None)
+    other.run()
+    with pytest.raises(ConfigError, match="architecture"):
+        Pretrainer(replace(cfg, init_from=str(other.export(tmp_path / "other_pipe"))), tmp_path / "mismatch",
+                   log=lambda s: None)

@@ -22,7 +22,8 @@ WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 600, 280, 64, 16, 28, 44
 STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:auto;padding:0 12px}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}"
          "svg.chart{display:block;margin:12px 0}figure{display:inline-block;margin:8px}"
-         "img{image-rendering:pixelated;max-width:100%}")
+         "img{image-rendering:pixelated;max-width:100%}img.sheet{image-rendering:auto}"
+         "ul.headline{font-size:18px;line-height:1.6}")
 
 
 def curves_from_metrics(rows: list[dict], keys: Sequence[str]) -> dict[str, Series]:
@@ -139,13 +140,20 @@ def _table(rows: list[dict]) -> str:
 def write_report(path: Path, *, title: str, summary: dict[str, object],
                  curves: dict[str, dict[str, Series]] | dict[str, Series],
                  tables: dict[str, list[dict]] | None = None, images: dict[str, Path | torch.Tensor] | None = None,
-                 notes: list[str] | None = None) -> Path:
+                 notes: list[str] | None = None, headline: list[str] | None = None,
+                 headline_images: dict[str, Path] | None = None) -> Path:
     """Write one HTML file with no external assets, atomically; returns its path.
 
-    ``curves`` maps a chart title to its series ({name: [(x, y), ...]}) or directly to one series."""
+    ``curves`` maps a chart title to its series ({name: [(x, y), ...]}) or directly to one series. ``headline``
+    (lines) and ``headline_images`` (sheets already upscaled, so scaled smoothly, not as pixel art) open the page,
+    before the summary."""
     esc = html.escape
-    sections = [f"<h1>{esc(title)}</h1>", "<h2>Summary</h2>",
-                _table([{"key": k, "value": v} for k, v in summary.items()])]
+    sections = [f"<h1>{esc(title)}</h1>"]
+    if headline:
+        sections.append("<ul class='headline'>" + "".join(f"<li>{esc(line)}</li>" for line in headline) + "</ul>")
+    sections += [f'<figure><img class="sheet" src="{_image_uri(image)}" alt="{esc(caption)}">'
+                 f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, image in (headline_images or {}).items()]
+    sections += ["<h2>Summary</h2>", _table([{"key": k, "value": v} for k, v in summary.items()])]
     sections += [f"<p class='note'>{esc(str(note))}</p>" for note in notes or []]
     if curves:
         sections.append("<h2>Curves</h2>")

@@ -1,10 +1,13 @@
-"""The end-of-run HTML report: reward and held-out curves, per-step ratio statistics, before/after grids."""
+"""The end-of-run HTML report: a headline (each held-out metric before → after), the held-out samples before and
+after side by side, reward and held-out curves, per-step ratio statistics."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
+from flowalign.training.eval_images import write_before_after
 from flowalign.training.metrics import read_metrics
 from flowalign.training.report import curves_from_metrics, write_report
 
@@ -35,6 +38,39 @@ def split_unit_range(rows: list[dict], keys: list[str]) -> tuple[list[str], list
     return (unit, other) if unit and other else (list(keys), [])
 
 
+def _headline_rank(key: str) -> int:
+    """Accuracies first, then the training reward (on the toy world, the verifier's accuracy), then the rest."""
+    return 0 if "accuracy" in key else (1 if key == "eval/reward" else 2)
+
+
+def headline(summary: dict) -> list[dict]:
+    """One row per held-out metric of ``summary["eval_before"]`` / ``["eval_after"]``: name (without ``eval/``),
+    before, after and change (after − before; None where either side is missing or not finite), accuracy first,
+    otherwise in the summary's order."""
+    before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+    keys = sorted(dict.fromkeys([*before, *after]), key=_headline_rank)  # stable: keeps the summary's order
+    rows = []
+    for key in keys:
+        b, a = (_finite(side.get(key)) for side in (before, after))
+        rows.append({"metric": key.removeprefix("eval/"), "before": b, "after": a,
+                     "change": a - b if a is not None and b is not None else None})
+    return rows
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def headline_lines(summary: dict) -> list[str]:
+    """``"<metric>: before → after (change)"``, four decimals, ``n/a`` for a missing or non-finite value."""
+    return [f"{r['metric']}: {_show(r['before'])} → {_show(r['after'])} ({_show(r['change'], '+.4f')})"
+            for r in headline(summary)]
+
+
+def _show(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def write_run_report(output_dir: Path, summary: dict) -> Path:
     rows = read_metrics(output_dir / "logs")
     unit, other = split_unit_range(rows, sorted({k for r in rows for k in r if k.startswith("eval/")}))
@@ -52,9 +88,11 @@ def write_run_report(output_dir: Path, summary: dict) -> Path:
         flat[f"before {key}"] = f"{value:.4f}"
     for key, value in summary.get("eval_after", {}).items():
         flat[f"after {key}"] = f"{value:.4f}"
+    pairs = write_before_after(output_dir)
+    lead = {"held-out samples before and after training (same prompts and seeds)": pairs} if pairs else {}
     images = {name: output_dir / f"eval_{tag}.png" for name, tag in
               (("held-out before training", "before"), ("held-out after training", "after"))
               if (output_dir / f"eval_{tag}.png").is_file()}
     return write_report(output_dir / "report.html", title=f"flowalign run: {output_dir.name}", summary=flat,
                         curves=curves, tables={"per-step ratio statistics (mean over the run)": per_step_table(rows)},
-                        images=images)
+                        images={} if pairs else images, headline=headline_lines(summary), headline_images=lead)

@@ -28,13 +28,16 @@ def test_lora_starts_as_noop_and_only_adapter_params_train():
     model = SD3Model(tiny_sd3_pipeline(seed=0))
     before = ode_final(model)
     params = add_lora(model.transformer, LoRAConfig(rank=4, alpha=8))
-    assert torch.equal(ode_final(model), before)  # B is zero-initialised
+    # exact by construction: B is zero-initialised, so the adapter adds exactly 0 to the same base layer's output
+    assert torch.equal(ode_final(model), before)
     trainable = {n for n, p in model.transformer.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert len(params) == len(trainable)
 
 
 def test_saved_lora_loads_with_diffusers_at_full_strength(tmp_path):
+    """Tolerance atol 1e-5 on final latents of magnitude ≤ ~4: diffusers builds its own adapter modules in another
+    pipeline instance (float32 rounding; observed: exact). The adapter itself moves the latents by ~0.1."""
     model = SD3Model(tiny_sd3_pipeline(seed=0))
     params = add_lora(model.transformer, LoRAConfig(rank=4, alpha=16))
     perturb(params)
@@ -58,7 +61,7 @@ def test_load_lora_into_restores_weights_exactly(tmp_path):
     other_params = add_lora(other.transformer, LoRAConfig(rank=4, alpha=8))
     load_lora_into(other.transformer, tmp_path / "lora")
     for a, b in zip(params, other_params):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b)  # exact by construction: safetensors stores the tensors' bytes
 
 
 def test_bad_lora_settings():

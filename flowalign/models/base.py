@@ -2,7 +2,8 @@
 
 A ``FlowModel`` turns a pipeline into what the samplers and trainers need: prompt encoding (cached),
 velocity v(x, σ) with classifier-free guidance as one batched forward, seeded initial noise, the
-pipeline's own σ schedule and decoding to pixels in [0, 1]. Latents are float32 and batch-first; the
+pipeline's own σ schedule, decoding to pixels in [0, 1] and encoding pixels back to latents, and a pooled text
+summary for auxiliary networks. Latents are float32 and batch-first; the
 transformer runs in its own dtype and its output is cast back to float32.
 """
 
@@ -71,7 +72,7 @@ class FlowModel(ABC):
     """A diffusers flow-matching pipeline seen as a velocity field.
 
     Subclasses set ``family`` and ``pipeline_class`` and implement ``_encode``, ``_forward``,
-    ``latent_shape``, ``schedule`` and ``decode``.
+    ``latent_shape``, ``schedule``, ``pooled_text``, ``decode`` and ``encode_pixels``.
     """
 
     family: ClassVar[str]
@@ -229,10 +230,44 @@ class FlowModel(ABC):
             return (uncond + w * (text - uncond)).float()
         return self._forward(x_in, timestep, cond.tensors, geometry, guidance_scale).float()
 
+    # --- text summary ----------------------------------------------------------------------------
+    @abstractmethod
+    def pooled_text(self, cond: Conditioning) -> Tensor:
+        """A fixed-size float32 summary (B, D) of the prompts' embeddings, for auxiliary networks."""
+
     # --- pixels ----------------------------------------------------------------------------------
     @abstractmethod
     def decode(self, x: Tensor, geometry: Geometry) -> Tensor:
         """Latents → pixels in [0, 1], float32: images (B, 3, H, W), videos (B, T, 3, H, W)."""
+
+    @abstractmethod
+    def encode_pixels(self, pixels: Tensor, geometry: Geometry) -> Tensor:
+        """Pixels in [0, 1] (the layout ``decode`` returns) → float32 latents in the layout of ``initial_noise``:
+        the VAE posterior's mean with the pipeline's latent normalisation, the inverse of ``decode``. No gradient.
+        """
+
+    def _check_pixels(self, pixels: Tensor, geometry: Geometry, video: bool) -> None:
+        """``pixels`` must be (B, 3, H, W) (images) or (B, F, 3, H, W) (video) at ``geometry``'s size, in [0, 1]."""
+        if video:
+            expected = ("B", geometry.num_frames, 3, geometry.height, geometry.width)
+        else:
+            expected = ("B", 3, geometry.height, geometry.width)
+        if pixels.ndim != len(expected) or tuple(pixels.shape[1:]) != expected[1:]:
+            layout = "(B, F, 3, H, W)" if video else "(B, 3, H, W)"
+            raise ConfigError(f"{self.family} encode_pixels expects pixels {layout} = {expected}, "
+                              f"got shape {tuple(pixels.shape)}")
+        if not pixels.is_floating_point():
+            raise ConfigError(f"encode_pixels expects floating-point pixels in [0, 1], got dtype {pixels.dtype}")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0 or high > 1:
+            raise ConfigError(f"encode_pixels expects pixels in [0, 1], got values in [{low:.4g}, {high:.4g}]")
+
+
+@torch.no_grad()
+def vae_encode_scaled(vae: nn.Module, images: Tensor) -> Tensor:
+    """SD3/Flux VAE: images (B, 3, H, W) in [0, 1] → (posterior mean − shift_factor)·scaling_factor, float32."""
+    mean = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+    return ((mean - vae.config.shift_factor) * vae.config.scaling_factor).float()
 
 
 def _as_prompt_list(prompts: Sequence[str] | str, name: str) -> list[str]:

@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from flowalign.errors import ConfigError
-from flowalign.models.base import FlowModel, Geometry
+from flowalign.models.base import Conditioning, FlowModel, Geometry, vae_encode_scaled
 
 
 class FluxModel(FlowModel):
@@ -110,3 +110,14 @@ class FluxModel(FlowModel):
         latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         image = vae.decode(latents, return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def encode_pixels(self, pixels: Tensor, geometry: Geometry) -> Tensor:
+        """(B, 3, H, W) in [0, 1] → packed tokens (B, L, 4·C): (VAE mean − shift_factor)·scaling_factor, packed."""
+        self._check_pixels(pixels, geometry, video=False)
+        h, w = self._latent_hw(geometry)
+        latents = vae_encode_scaled(self.pipeline.vae, pixels).to(self.device)
+        return self.pipeline._pack_latents(latents, latents.shape[0], latents.shape[1], h, w)
+
+    def pooled_text(self, cond: Conditioning) -> Tensor:
+        """The pooled CLIP embedding (B, clip_hidden) the transformer takes as ``pooled_projections``."""
+        return cond.tensors["pooled_prompt_embeds"].float()

@@ -13,7 +13,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import c
 from torch import Tensor
 
 from flowalign.errors import ConfigError
-from flowalign.models.base import FlowModel, Geometry
+from flowalign.models.base import Conditioning, FlowModel, Geometry, vae_encode_scaled
 from flowalign.models.sd3_attention import collapsed_padding
 
 
@@ -89,3 +89,13 @@ class SD3Model(FlowModel):
         latents = x.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         image = vae.decode(latents, return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def encode_pixels(self, pixels: Tensor, geometry: Geometry) -> Tensor:
+        """(B, 3, H, W) in [0, 1] → (B, C, H/f, W/f): (VAE mean − shift_factor)·scaling_factor."""
+        self._check_pixels(pixels, geometry, video=False)
+        self.latent_shape(geometry)
+        return vae_encode_scaled(self.pipeline.vae, pixels).to(self.device)
+
+    def pooled_text(self, cond: Conditioning) -> Tensor:
+        """The pooled CLIP embeddings (B, 2·clip_hidden) the transformer takes as ``pooled_projections``."""
+        return cond.tensors["pooled_prompt_embeds"].float()

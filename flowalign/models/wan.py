@@ -19,7 +19,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from torch import Tensor
 
 from flowalign.errors import ConfigError, UnsupportedModelError
-from flowalign.models.base import FlowModel, Geometry
+from flowalign.models.base import Conditioning, FlowModel, Geometry
 
 
 class WanModel(FlowModel):
@@ -95,13 +95,37 @@ class WanModel(FlowModel):
             return_dict=False,
         )[0]
 
+    # --- text summary ----------------------------------------------------------------------------
+    def pooled_text(self, cond: Conditioning) -> Tensor:
+        """Mean of the prompt's T5 token embeddings (B, D) over its real tokens (the pipeline zero-pads after them)."""
+        embeds = cond.tensors["prompt_embeds"].float()
+        real = (embeds != 0).any(-1, keepdim=True).float()
+        return (embeds * real).sum(1) / real.sum(1).clamp_min(1.0)
+
     # --- pixels ----------------------------------------------------------------------------------
+    def _latent_normalisation(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The VAE's per-channel latents mean and 1/std as (1, z, 1, 1, 1) tensors like ``like``."""
+        vae = self.pipeline.vae
+        z = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(like.device, like.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(like.device, like.dtype)
+        return mean, inv_std
+
     def decode(self, x: Tensor, geometry: Geometry) -> Tensor:
         """(B, C, T_lat, h, w) → (B, T, 3, H, W) in [0, 1], denormalized with the VAE's latents mean/std."""
         vae = self.pipeline.vae
-        z = vae.config.z_dim
         latents = x.to(vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+        mean, inv_std = self._latent_normalisation(latents)
         video = vae.decode(latents / inv_std + mean, return_dict=False)[0]  # (B, 3, T, H, W) in [-1, 1]
         return (video.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: Tensor, geometry: Geometry) -> Tensor:
+        """(B, T, 3, H, W) in [0, 1] → (B, C, T_lat, h, w): (VAE mean − latents_mean)/latents_std, float32."""
+        self._check_pixels(pixels, geometry, video=True)
+        self.latent_shape(geometry)
+        vae = self.pipeline.vae
+        video = (pixels.permute(0, 2, 1, 3, 4) * 2 - 1).to(vae.device, vae.dtype)  # (B, 3, T, H, W) in [-1, 1]
+        latents = vae.encode(video).latent_dist.mean
+        mean, inv_std = self._latent_normalisation(latents)
+        return ((latents - mean) * inv_std).float().to(self.device)

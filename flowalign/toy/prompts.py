@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from flowalign.errors import FlowAlignError
+from flowalign.resources import data_root
 
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -31,7 +32,7 @@ RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 COUNT_WORDS: dict[str, int] = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4}
 NUMBER_WORDS: tuple[str, ...] = ("", "a", "two", "three", "four")
 MAX_OBJECTS = 4
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "prompts"
+PROMPTS_DIR = data_root() / "assets" / "prompts"  # the shipped split files (flowalign.resources)
 
 
 class PromptParseError(FlowAlignError):

@@ -10,7 +10,7 @@ import sys
 from flowalign.errors import FlowAlignError
 
 #: sub-command modules under flowalign.commands, each exposing add_parser(subparsers)
-COMMANDS = ("sample", "reward", "train", "erase", "demo")
+COMMANDS = ("sample", "reward", "train", "erase", "demo", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,11 +25,13 @@ from diffusers import DiffusionPipeline, ModelMixin
 from flowalign.errors import ConfigError
 from flowalign.models.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
-PIPELINES = {"StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline"}
+PIPELINES = {"StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline", "QwenImagePipeline"}
 COMPONENTS = ("transformer", "vae", "scheduler")
-#: config key holding a text encoder's layer count, by class
+#: config key holding a text encoder's layer count, by class ("a.b": key b of the nested config a)
 LAYER_KEYS = {"CLIPTextModel": "num_hidden_layers", "CLIPTextModelWithProjection": "num_hidden_layers",
-              "T5EncoderModel": "num_layers", "UMT5EncoderModel": "num_layers"}
+              "T5EncoderModel": "num_layers", "UMT5EncoderModel": "num_layers",
+              "Qwen2_5_VLForConditionalGeneration": "text_config.num_hidden_layers",
+              "Qwen3ForCausalLM": "num_hidden_layers"}
 T5_TOKENIZER_SIZE = 4000
 
 
@@ -134,8 +136,12 @@ def _text_encoder(entry: dict, name: str) -> torch.nn.Module:
     if cls_name not in LAYER_KEYS:
         raise ConfigError(f"text encoder {name!r}: class {cls_name!r} is not one of {', '.join(LAYER_KEYS)}")
     cls = _class(transformers, cls_name, f"text encoder {name!r}")
-    config = dict(entry["config"])
-    config[LAYER_KEYS[cls_name]] = int(entry.get("benchmark_layers", config[LAYER_KEYS[cls_name]]))
+    config = copy.deepcopy(entry["config"])
+    *nested, key = LAYER_KEYS[cls_name].split(".")
+    section = config
+    for name_ in nested:
+        section = section[name_]
+    section[key] = int(entry.get("benchmark_layers", section[key]))
     if entry.get("tokenizer") == "t5" and config["vocab_size"] < T5_TOKENIZER_SIZE:
         raise ConfigError(f"text encoder {name!r}: vocab_size {config['vocab_size']} is smaller than the "
                           f"T5 tokenizer's {T5_TOKENIZER_SIZE}")
@@ -147,7 +153,11 @@ def _tokenizer(kind: str | None, name: str):
         return build_clip_tokenizer()
     if kind == "t5":
         return build_t5_tokenizer(T5_TOKENIZER_SIZE)
-    raise ConfigError(f"text encoder {name!r}: tokenizer must be 'clip' or 't5', got {kind!r}")
+    if kind == "qwen":
+        from flowalign.models.tiny.qwen_text import build_qwen_tokenizer
+
+        return build_qwen_tokenizer()
+    raise ConfigError(f"text encoder {name!r}: tokenizer must be 'clip', 't5' or 'qwen', got {kind!r}")
 
 
 def build_arch_pipeline(spec: ArchSpec | str | Path, *, device: str | torch.device = "cpu",
@@ -177,7 +187,7 @@ def full_text_encoder_params(spec: ArchSpec) -> int:
     """Parameters the text encoders would have at their published depth (counted on the meta device)."""
     total = 0
     for name, entry in spec.text_encoders.items():
-        full = {**entry, "benchmark_layers": entry["config"][LAYER_KEYS.get(entry["class"], "num_layers")]}
+        full = {k: v for k, v in entry.items() if k != "benchmark_layers"}
         with torch.device("meta"):
             total += sum(p.numel() for p in _text_encoder(full, name).parameters())
     return total

@@ -14,12 +14,13 @@ from flowalign.models.loading import adapter_class
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: guidance scale each family is usually sampled with (Flux: the embedded guidance, no CFG)
-FAMILY_GUIDANCE = {"sd3": 4.5, "flux": 3.5, "wan": 5.0}
+FAMILY_GUIDANCE = {"sd3": 4.5, "flux": 3.5, "wan": 5.0, "qwen_image": 4.0}
 #: name → (builder, default geometry, guidance scale as the real family is sampled)
 TINY = {
     "tiny-sd3": ("tiny_sd3_pipeline", Geometry(32, 32), 4.5),
     "tiny-flux": ("tiny_flux_pipeline", Geometry(32, 32), 3.5),
     "tiny-wan": ("tiny_wan_pipeline", Geometry(32, 32, 9), 5.0),
+    "tiny-qwen-image": ("tiny_qwen_image_pipeline", Geometry(32, 32), 4.0),
 }
 
 
@@ -51,11 +52,11 @@ def _wrap(pipeline, device: torch.device, geometry: Geometry | None = None) -> F
 def build_bench_model(model: str | None = None, arch: str | None = None, *, device: str | torch.device = "cpu",
                       dtype: torch.dtype = torch.float32, scale_down: bool = False,
                       overrides: dict[str, dict] | None = None) -> BenchModel:
-    """``model``: tiny-sd3 | tiny-flux | tiny-wan | a pipeline folder; or ``arch``: a configs/models JSON
+    """``model``: a ``TINY`` name (tiny-sd3, tiny-flux, ...) | a pipeline folder; or ``arch``: a configs/models JSON
     (``scale_down``/``overrides``: see ``load_arch_spec``)."""
     device = torch.device(device)
     if (model is None) == (arch is None):
-        raise ConfigError("give exactly one of --model (tiny-sd3, tiny-flux, tiny-wan or a pipeline folder) "
+        raise ConfigError(f"give exactly one of --model ({', '.join(TINY)} or a pipeline folder) "
                           "and --arch (configs/models/NAME.json)")
     if arch is not None:
         spec = load_arch_spec(arch, scale_down=scale_down, overrides=overrides)

@@ -18,6 +18,7 @@ ADAPTERS: dict[str, str] = {
     "StableDiffusion3Pipeline": "flowalign.models.sd3:SD3Model",
     "FluxPipeline": "flowalign.models.flux:FluxModel",
     "WanPipeline": "flowalign.models.wan:WanModel",
+    "QwenImagePipeline": "flowalign.models.qwen_image:QwenImageModel",
 }
 
 

@@ -54,6 +54,7 @@ def test_one_training_step_changes_only_the_adapter(tmp_path, family):
     before = snapshot(pipeline)
     summary = trainer.run()
     after = snapshot(pipeline)
+    # exact by construction: a tensor the optimizer never steps keeps its bits
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "nothing was trained"
     assert all("lora_" in k for k in changed), sorted(k for k in changed if "lora_" not in k)[:5]
@@ -91,7 +92,9 @@ def test_training_raises_the_held_out_reward_whichever_way_it_points(tmp_path, a
         sign = -1.0 if isinstance(reward, Blueness) else 1.0
         redness[type(reward).__name__] = [sign * row["eval/reward"] for row in trainer.history
                                           if "eval/reward" in row]
-    assert redness["Redness"][0] == pytest.approx(redness["Blueness"][0], abs=1e-6)  # the same start
+    # the same start: two pipelines built from seed 0, evaluated on the same seeds in the same process (exact in
+    # practice); abs 1e-6 on a mean redness of magnitude ≤ 1 only allows for float32 rounding, far below the margin
+    assert redness["Redness"][0] == pytest.approx(redness["Blueness"][0], abs=1e-6)
     margin = redness["Redness"][1] - redness["Blueness"][1]
     assert margin > 0.015, redness
 
@@ -135,7 +138,7 @@ def test_kl_penalty_compares_with_the_adapter_disabled_and_leaves_it_enabled(tmp
         base = model.velocity(x, 0.6, cond, geometry)
         model.transformer.enable_adapters()
         with_lora = model.velocity(x, 0.6, cond, geometry)
-    assert torch.equal(as_left, with_lora)
+    assert torch.equal(as_left, with_lora)  # exact by construction: the same module on the same inputs
     assert (as_left - base).abs().max() > 1e-4
 
 
@@ -168,6 +171,7 @@ def test_final_model_is_the_evaluated_one(tmp_path):
         evaluated = {k: v.clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
     raw = lora_state_dict(trainer.model.transformer)
     assert saved.keys() == evaluated.keys()
+    # exact by construction: safetensors stores the tensors' bytes; no arithmetic between save and load
     assert all(torch.equal(saved[k], evaluated[k]) for k in saved)
     assert not all(torch.equal(saved[k], raw[k]) for k in saved)
 
@@ -181,6 +185,7 @@ def test_full_fine_tuning_saves_a_diffusers_transformer(tmp_path):
     loaded = SD3Transformer2DModel.from_pretrained(tmp_path / "run" / "transformer")
     with trainer.evaluated_weights():
         evaluated = pipeline.transformer.state_dict()
+        # exact by construction: saving and loading copy the tensors' bytes (here and on resume below)
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in evaluated.items())
     assert any(not torch.equal(loaded.state_dict()[k], before[k]) for k in before)
     assert not (tmp_path / "run" / "lora").exists()
@@ -210,6 +215,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     resumed.run()
     expected, got = lora_params(uninterrupted), lora_params(resumed)
     assert expected.keys() == got.keys()
+    # bit-exact resume, same machine and process: the resumed run copies the checkpoint's bytes into parameters
+    # and state built as the uninterrupted run's were, and repeats its arithmetic (another CPU type may differ)
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
     assert not all(torch.equal(p, torch.zeros_like(p)) for p in got.values())
@@ -301,6 +308,9 @@ def test_bf16_updates_are_on_policy_with_recomputed_old_means(tmp_path, old_poli
     if old_policy == "rollout":
         assert clipped > 0
     else:
+        # exact by construction: μ_old is recomputed by the same module on the same micro-batch just before the
+        # update, and the lr-1e-30 step adds ~1e-30 to activations far larger than their float rounding. (No
+        # tolerance: the rollout-batch μ_old is off by only ~1e-6–1e-5 in the ratio, yet clipped.)
         assert clipped == 0 and row["train/ratio_mean"] == 1.0 and row["train/ratio_std"] == 0.0
 
 
@@ -315,6 +325,8 @@ def test_eval_with_several_samples_per_prompt_averages_shifted_seeds(tmp_path):
     trainer.config.eval = dataclasses.replace(config.eval, samples_per_prompt=1, seed=7 + num_prompts)
     second = trainer.evaluate()["eval/reward"]
     assert first != second
+    # abs 1e-6 on rewards of magnitude ≤ 1: the same images (same batches of 2), averaged as one mean of four
+    # against the mean of two means of two, so float rounding only
     assert both == pytest.approx((first + second) / 2, abs=1e-6)
     with pytest.raises(ConfigError, match="eval.samples_per_prompt must be >= 1"):
         dataclasses.replace(config.eval, samples_per_prompt=0)

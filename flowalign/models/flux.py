@@ -112,7 +112,7 @@ class FluxModel(FlowModel):
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     def encode_pixels(self, pixels: Tensor, geometry: Geometry) -> Tensor:
-        """(B, 3, H, W) in [0, 1] → packed tokens (B, L, 4·C): (VAE mean − shift_factor)·scaling_factor, packed."""
+        """(B, 3, H, W) in [0, 1] → packed tokens (B, L, 4·C): (VAE mean − shift_factor)·scaling_factor."""
         self._check_pixels(pixels, geometry, video=False)
         h, w = self._latent_hw(geometry)
         latents = vae_encode_scaled(self.pipeline.vae, pixels).to(self.device)

@@ -11,7 +11,9 @@ phase is skipped and the flow phase continues from that pipeline's weights and s
 ``pretrain_config.json``) with a fresh optimiser, so the data stream goes on where it stopped; warmup and decay
 then span only the continued steps.
 Every step draws its data and noise from (seed, phase, step) only, so a resumed run repeats exactly.
-Checkpoints are written atomically (temp file + os.replace).
+The resumable state is ``run_dir/checkpoint.safetensors`` (tensors) + ``checkpoint.json`` (the rest), each written
+atomically and read without unpickling (``flowalign.utils.safe_state``); a ``checkpoint.pt`` from before that
+format is read with ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from flowalign.models import sd3_attention as collapsed_attention
 from flowalign.toy.export import finalize_pipeline_folder
 from flowalign.toy.architecture import ToyArchitecture, build_toy_pipeline
 from flowalign.toy.scenes import SceneConfig, generate_scenes
+from flowalign.utils.safe_state import load_state, load_weights_only, save_state
 
+CHECKPOINT = "checkpoint"  # run_dir/checkpoint.json + checkpoint.safetensors
 N_T5_PAD = 256  # zeros the pipeline appends without T5 (its default max_sequence_length)
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -107,7 +111,8 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, run_dir: str | os.PathLike, log=print):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ckpt_path = self.run_dir / "checkpoint.pt"
+        self.ckpt_path = self.run_dir / f"{CHECKPOINT}.json"  # beside it: checkpoint.safetensors
+        self.legacy_ckpt_path = self.run_dir / f"{CHECKPOINT}.pt"
         torch.set_num_threads(cfg.threads)
         self.pipe = build_toy_pipeline(cfg.arch, cfg.seed)
         self.vae_step = self.flow_step = self.flow_start = 0
@@ -118,7 +123,7 @@ class Pretrainer:
                        "lr": cfg.text_lr, "weight_decay": 0.0})
         self.flow_opt = torch.optim.AdamW(groups)
         self.ema = self._flow_modules_state()
-        if self.ckpt_path.exists():
+        if self.ckpt_path.exists() or self.legacy_ckpt_path.exists():
             self._load()
         elif cfg.init_from is not None:
             self._init_from(Path(cfg.init_from))
@@ -164,18 +169,17 @@ class Pretrainer:
                 "ema": self.ema, "losses": self.losses}
 
     def save_checkpoint(self) -> None:
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, self.ckpt_path)
+        save_state(self.state(), self.run_dir, CHECKPOINT)
 
     def _load(self) -> None:
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        path = self.ckpt_path if self.ckpt_path.exists() else self.legacy_ckpt_path  # .pt: the format before
+        state = load_state(self.run_dir, CHECKPOINT) if path == self.ckpt_path else load_weights_only(path)
         made = state["config"]  # fields added since a checkpoint was written held their defaults then
         made_arch = {**asdict(ToyArchitecture()), **made["arch"]}
         made_scenes = {**asdict(SceneConfig()), **made.get("scenes", {})}
         expected = (self.cfg.seed, asdict(self.cfg.arch), asdict(self.cfg.scenes))
         if (made["seed"], made_arch, made_scenes) != expected:
-            raise ConfigError(f"checkpoint {self.ckpt_path} was made with another seed, architecture or scene "
+            raise ConfigError(f"checkpoint {path} was made with another seed, architecture or scene "
                               "config; use a fresh run directory")
         self.vae_step, self.flow_step = state["vae_step"], state["flow_step"]
         self.flow_start = state.get("flow_start", 0)
@@ -187,7 +191,7 @@ class Pretrainer:
         for k, m in self._flow_modules().items():
             m.load_state_dict(state["modules"][k])
         self.ema, self.losses = state["ema"], state["losses"]
-        self.log(json.dumps({"resumed": str(self.ckpt_path), "vae_step": self.vae_step, "flow_step": self.flow_step}))
+        self.log(json.dumps({"resumed": str(path), "vae_step": self.vae_step, "flow_step": self.flow_step}))
 
     # --- phase 1: VAE --------------------------------------------------------------------------------
     def vae_loss(self, step: int) -> torch.Tensor:

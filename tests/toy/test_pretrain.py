@@ -7,7 +7,8 @@ import torch
 from flowalign.errors import ConfigError
 from flowalign.models import sd3_attention as collapsed_attention
 from flowalign.toy.architecture import ToyArchitecture
-from flowalign.toy.pretrain import N_T5_PAD, PretrainConfig, Pretrainer, _rng, _scenes, foreground_weights
+from flowalign.utils.safe_state import load_state, save_state
+from flowalign.toy.pretrain import CHECKPOINT, N_T5_PAD, PretrainConfig, Pretrainer, _rng, _scenes, foreground_weights
 
 ARCH = ToyArchitecture(vae_channels=(8, 16), num_layers=1, num_heads=2, head_dim=16)
 CFG = PretrainConfig(seed=3, vae_steps=2, flow_steps=3, vae_batch=4, flow_batch=4, log_every=1,
@@ -120,9 +121,9 @@ def test_checkpoint_from_before_new_fields_resumes(tmp_path):
     t = Pretrainer(CFG, tmp_path / "run", log=lambda s: None)
     t.run(stop_after=1)
     t.save_checkpoint()
-    state = torch.load(t.ckpt_path, weights_only=False)
+    state = load_state(t.run_dir, CHECKPOINT)
     del state["config"]["scenes"], state["config"]["arch"]["patch_size"]  # as written before they existed
-    torch.save(state, t.ckpt_path)
+    save_state(state, t.run_dir, CHECKPOINT)
     assert Pretrainer(CFG, tmp_path / "run", log=lambda s: None).vae_step == 1
 
 

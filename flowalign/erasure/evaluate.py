@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from flowalign.erasure.membrane import SPMNetwork
+from flowalign.erasure.train import inference_guidance
 from flowalign.erasure.transport import FacilitatedTransport
 from flowalign.models.base import FlowModel
 from flowalign.sampling import DynamicsConfig, make_generators, rollout
@@ -24,12 +25,13 @@ from flowalign.sampling import DynamicsConfig, make_generators, rollout
 
 @torch.no_grad()
 def generate(model: FlowModel, prompts: Sequence[str], *, spm: SPMNetwork | None = None,
-             transport: FacilitatedTransport | None = None, steps: int = 20, guidance_scale: float = 1.0,
+             transport: FacilitatedTransport | None = None, steps: int = 20, guidance_scale: float | None = 1.0,
              seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None) -> Tensor:
     """Images (B, 3, H, W) with ODE sampling; with ``spm`` attached its strength per sample is ``transport``'s γ
     (or the network's ``scale`` without transport); ``spm=None``: whatever the model currently is.
-    ``height``/``width`` None: the pipeline's default size."""
+    ``height``/``width`` None: the pipeline's default size; ``guidance_scale`` None: the pipeline's default."""
     prompts = list(prompts)
+    guidance_scale = inference_guidance(model) if guidance_scale is None else guidance_scale
     geometry, out = model.resolve_geometry(height, width), []
     cfg = model.uses_cfg(guidance_scale)
     for start in range(0, len(prompts), batch_size):
@@ -68,9 +70,11 @@ def _concept_clauses(reward, images: Tensor, prompts: list[str], concepts: Seque
 
 def erasure_report(model: FlowModel, spm: SPMNetwork, transport: FacilitatedTransport | None,
                    target_prompts: Sequence[str], other_prompts: Sequence[str], *, reward=None,
-                   erase_component: str | None = "color", steps: int = 20, guidance_scale: float = 1.0,
+                   erase_component: str | None = "color", steps: int = 20, guidance_scale: float | None = 1.0,
                    seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None) -> dict:
-    """Metrics of an attached ``spm`` on ``model``; ``reward`` is a RewardModel (e.g. build_reward("shapes"))."""
+    """Metrics of an attached ``spm`` on ``model``; ``reward`` is a RewardModel (e.g. build_reward("shapes"));
+    ``guidance_scale`` None: the pipeline's default."""
+    guidance_scale = inference_guidance(model) if guidance_scale is None else guidance_scale
     kw = dict(steps=steps, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, height=height,
               width=width)
     report: dict = {"concepts": spm.concepts, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}

@@ -1,10 +1,13 @@
 """SPM files (safetensors), attaching to any pipeline of the same architecture, and export as a plain LoRA.
 
 File layout: tensors ``<layer>.down`` (N, in) and ``<layer>.up`` (out, N) for every membrane layer; string
-metadata ``format`` = "flowalign-spm/1", ``concepts`` (JSON list, N names), ``architecture`` (JSON: transformer
-class, sha256 of its config, sha256 of the membrane layer shapes) and ``hyperparameters`` (JSON, training config).
-Attaching requires the same transformer class and the same layer shapes (the config hash may differ, e.g. for
-another sample size); several files are stacked into one network (Σ γ_i U_i D_i).
+metadata ``format`` = "flowalign-spm/1", ``concepts`` (JSON list, N names), ``phrasings`` (JSON list of N lists:
+every phrasing each concept erases, the concept first; absent in older files, whose concept is then its only
+phrasing), ``architecture`` (JSON: transformer class, sha256 of its config, sha256 of the membrane layer shapes) and
+``hyperparameters`` (JSON, training config). Attaching requires the same transformer class and the same layer
+shapes (the config hash may differ, e.g. for another sample size); several files are stacked into one network
+(Σ γ_i U_i D_i). A file written before SD3.5's ``attn2`` linears carried membranes loads onto an SD3.5 transformer
+with zero (no-op) membranes there, which is exactly what it did.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def save_spm(net: SPMNetwork, transformer: nn.Module, path: str | os.PathLike,
         m = net.membrane(name)
         tensors[f"{name}.down"] = m.down.detach().float().cpu().contiguous()
         tensors[f"{name}.up"] = m.up.detach().float().cpu().contiguous()
-    metadata = {"format": FORMAT, "concepts": json.dumps(net.concepts),
+    metadata = {"format": FORMAT, "concepts": json.dumps(net.concepts), "phrasings": json.dumps(net.phrasings),
                 "architecture": json.dumps(architecture(transformer)),
                 "hyperparameters": json.dumps(hyperparameters or {}, default=str)}
     path = Path(path)
@@ -87,11 +90,18 @@ def read_spm(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         meta = {"concepts": json.loads(raw["concepts"]), "architecture": json.loads(raw.get("architecture", "{}")),
                 "hyperparameters": json.loads(raw.get("hyperparameters", "{}"))}
+        phrasings = json.loads(raw["phrasings"]) if "phrasings" in raw else None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{str(path)!r} has malformed SPM metadata ({err})") from err
     concepts = meta["concepts"]
     if not isinstance(concepts, list) or not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
         raise ConfigError(f"{str(path)!r} has no valid concept names in its metadata: {concepts!r}")
+    meta["phrasings"] = [[c] for c in concepts] if phrasings is None else phrasings
+    if not (isinstance(meta["phrasings"], list) and len(meta["phrasings"]) == len(concepts) and all(
+            isinstance(ps, list) and ps and all(isinstance(p, str) and p.strip() for p in ps)
+            for ps in meta["phrasings"])):
+        raise ConfigError(f"{str(path)!r}: its 'phrasings' metadata must be one non-empty list of non-empty strings "
+                          f"per concept ({len(concepts)}), got {meta['phrasings']!r}")
     return tensors, meta
 
 
@@ -111,12 +121,15 @@ def network_from_file(path: str | os.PathLike, transformer: nn.Module) -> SPMNet
             layers[name] = (tensor.shape[1], tensors[f"{name}.up"].shape[0]) if f"{name}.up" in tensors else None
     if any(v is None for v in layers.values()) or len(tensors) != 2 * len(layers):
         raise ConfigError(f"SPM file {str(path)!r} has unpaired down/up tensors")
-    net = SPMNetwork(layers, meta["concepts"])
-    check_layers(net, layer_shapes(transformer),
-                 f"the {type(transformer).__name__} it is loaded onto (file {str(path)!r})")
+    model_layers = layer_shapes(transformer)
+    older = {n: s for n, s in model_layers.items() if n not in layers and ".attn2." in n}  # no-op membranes
+    net = SPMNetwork(layers | older, meta["concepts"], phrasings=meta["phrasings"])
+    check_layers(net, model_layers, f"the {type(transformer).__name__} it is loaded onto (file {str(path)!r})")
     n = len(meta["concepts"])
     with torch.no_grad():
-        for name in net.layer_names:
+        for name in older:
+            net.membrane(name).up.zero_()
+        for name in layers:
             down, up = tensors[f"{name}.down"], tensors[f"{name}.up"]
             if down.shape[0] != n or up.shape[1] != n:
                 raise ConfigError(f"SPM file {str(path)!r}: layer {name} has rank {down.shape[0]}/{up.shape[1]} "

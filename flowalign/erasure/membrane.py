@@ -28,13 +28,20 @@ from torch import Tensor, nn
 
 from flowalign.errors import ConfigError
 
-#: linear layers (suffixes inside a block) that carry membranes: MMDiT joint blocks (SD3, Flux) …
+#: linear layers (suffixes inside a block) that carry membranes: MMDiT joint blocks (SD3, SD3.5, Flux), every
+#: attention and feed-forward linear: the joint attention ``attn``, SD3.5's second (image-only) self-attention
+#: ``attn2`` in its ``dual_attention_layers`` blocks, and both feed-forwards (the last SD3 block, context_pre_only,
+#: has no to_add_out / ff_context) …
 JOINT_TARGETS = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
     "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
 )
-#: … and Flux single-stream blocks
+#: … and Flux single-stream blocks (attention q/k/v; proj_mlp is the feed-forward's input, proj_out the shared
+#: output of attention and feed-forward). Not covered, in either: the AdaLN modulation linears (norm*.linear),
+#: which map the timestep/pooled embedding to shifts and scales, not the tokens (the original SPM covers attention
+#: and feed-forward only).
 SINGLE_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")
 BLOCK_LISTS = {"transformer_blocks": JOINT_TARGETS, "single_transformer_blocks": SINGLE_TARGETS}
 
@@ -98,17 +105,24 @@ class SPMNetwork(nn.Module):
 
     Strength: by default every concept has γ = ``scale``; inside ``with net.strength(g)`` γ is ``g``, a (N,)
     or per-sample (B, N) tensor. A transformer batch of k·B rows (classifier-free guidance runs [uncond; cond])
-    reuses the B rows' strengths for each of the k blocks.
+    reuses the B rows' strengths for each of the k blocks. ``phrasings[i]``: every phrasing concept i erases
+    (itself first; facilitated transport takes the maximum over them); default: the concept alone.
     """
 
-    def __init__(self, layers: dict[str, tuple[int, int]], concepts: Sequence[str], seed: int = 0):
+    def __init__(self, layers: dict[str, tuple[int, int]], concepts: Sequence[str], seed: int = 0,
+                 phrasings: Sequence[Sequence[str]] | None = None):
         super().__init__()
         concepts = [str(c) for c in concepts]
         if not concepts:
             raise ConfigError("an SPM needs at least one concept")
         if any(not c.strip() for c in concepts):
             raise ConfigError(f"concepts must be non-empty strings, got {concepts!r}")
+        phrasings = [[c] for c in concepts] if phrasings is None else [[str(p) for p in ps] for ps in phrasings]
+        if len(phrasings) != len(concepts) or any(not ps or not all(p.strip() for p in ps) for ps in phrasings):
+            raise ConfigError(f"an SPM needs one non-empty list of non-empty phrasings per concept {concepts}, got "
+                              f"{phrasings!r}")
         self.concepts = concepts
+        self.phrasings = phrasings
         self.layer_names = sorted(layers)
         generator = torch.Generator().manual_seed(seed)
         self.membranes = nn.ModuleDict({
@@ -121,11 +135,12 @@ class SPMNetwork(nn.Module):
         self._attached_to: nn.Module | None = None
 
     @classmethod
-    def for_transformer(cls, transformer: nn.Module, concepts: Sequence[str], seed: int = 0) -> SPMNetwork:
+    def for_transformer(cls, transformer: nn.Module, concepts: Sequence[str], seed: int = 0,
+                        phrasings: Sequence[Sequence[str]] | None = None) -> SPMNetwork:
         """A fresh (no-op) network shaped for ``transformer``, on its device."""
         layers = layer_shapes(transformer)
         device = next(transformer.parameters()).device
-        return cls(layers, concepts, seed).to(device)
+        return cls(layers, concepts, seed, phrasings).to(device)
 
     def membrane(self, layer: str) -> Membrane:
         return self.membranes[_key(layer)]
@@ -225,8 +240,9 @@ def merge(networks: Sequence[SPMNetwork]) -> SPMNetwork:
         check_layers(other, {n: (first.membrane(n).down.shape[1], first.membrane(n).up.shape[0])
                              for n in first.layer_names}, "the first SPM")
     concepts = [c for net in networks for c in net.concepts]
+    phrasings = [p for net in networks for p in net.phrasings]
     layers = {n: (first.membrane(n).down.shape[1], first.membrane(n).up.shape[0]) for n in first.layer_names}
-    merged = SPMNetwork(layers, concepts).to(first.membrane(first.layer_names[0]).down.device)
+    merged = SPMNetwork(layers, concepts, phrasings=phrasings).to(first.membrane(first.layer_names[0]).down.device)
     with torch.no_grad():
         for name in first.layer_names:
             merged.membrane(name).down.copy_(torch.cat([net.membrane(name).down for net in networks]))

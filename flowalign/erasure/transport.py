@@ -5,6 +5,9 @@ The cosine uses the pipeline's pooled text embeddings (``pooled_prompt_embeds``:
 the padded token sequence); with ``center=True`` (default) the empty prompt's pooled embedding is subtracted
 first, which removes the direction every prompt shares (raw CLIP cosines of unrelated prompts are often > 0.5).
 Token overlap = share of the concept's tokenizer tokens (special tokens excluded) that occur in the prompt.
+A concept given as several phrasings (``SPMNetwork.phrasings``: the concept, its aliases, their singular/plural
+forms) takes the maximum of both measures over them, as the original SPM does over its erased phrasings: "two red
+circles" shares no BPE token with "circle", but every token with "circles".
 """
 
 from __future__ import annotations
@@ -14,21 +17,28 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from flowalign.errors import ConfigError
 from flowalign.models.base import FlowModel
 
 
 class FacilitatedTransport:
-    """Per-prompt permeabilities γ (P, N) of a model's prompts for ``concepts``."""
+    """Per-prompt permeabilities γ (P, N) of a model's prompts for N concepts.
 
-    def __init__(self, model: FlowModel, concepts: Sequence[str], factor: float = 1.0, center: bool = True,
-                 use_cosine: bool = True):
+    ``concepts``: per concept, its name or the list of its phrasings (pass ``spm.phrasings`` for a loaded SPM).
+    """
+
+    def __init__(self, model: FlowModel, concepts: Sequence[str | Sequence[str]], factor: float = 1.0,
+                 center: bool = True, use_cosine: bool = True):
         self.model = model
-        self.concepts = list(concepts)
+        self.phrasings = [[c] if isinstance(c, str) else [str(p) for p in c] for c in concepts]
+        if not self.phrasings or not all(self.phrasings):
+            raise ConfigError(f"facilitated transport needs at least one phrasing per concept, got {concepts!r}")
+        self.concepts = [ps[0] for ps in self.phrasings]
         self.factor = factor
         self.center = center
         self.use_cosine = use_cosine
         self.tokenizer = getattr(model.pipeline, "tokenizer", None)
-        self._concept_tokens = [self._tokens(c) for c in self.concepts]
+        self._phrasing_tokens = [[self._tokens(p) for p in ps] for ps in self.phrasings]
 
     def _tokens(self, text: str) -> set[int]:
         if self.tokenizer is None:
@@ -43,17 +53,23 @@ class FacilitatedTransport:
         return pooled
 
     def cosine(self, prompts: Sequence[str]) -> Tensor:
-        """(P, N) cosine similarities of the (centered) pooled embeddings."""
+        """(P, N) cosine similarities of the (centered) pooled embeddings, the maximum over each concept's
+        phrasings."""
         a = torch.nn.functional.normalize(self._pooled(list(prompts)), dim=-1)
-        b = torch.nn.functional.normalize(self._pooled(self.concepts), dim=-1)
-        return a @ b.t()
+        b = torch.nn.functional.normalize(self._pooled([p for ps in self.phrasings for p in ps]), dim=-1)
+        sims, start = a @ b.t(), 0
+        columns = []
+        for ps in self.phrasings:
+            columns.append(sims[:, start:start + len(ps)].max(dim=1).values)
+            start += len(ps)
+        return torch.stack(columns, dim=1)
 
     def overlap(self, prompts: Sequence[str]) -> Tensor:
-        """(P, N) share of each concept's tokens present in each prompt."""
+        """(P, N) share of a phrasing's tokens present in each prompt, the maximum over each concept's phrasings."""
         rows = []
         for prompt in prompts:
             tokens = self._tokens(prompt)
-            rows.append([len(tokens & c) / max(len(c), 1) for c in self._concept_tokens])
+            rows.append([max(len(tokens & t) / max(len(t), 1) for t in ts) for ts in self._phrasing_tokens])
         return torch.tensor(rows, dtype=torch.float32)
 
     def __call__(self, prompts: Sequence[str]) -> Tensor:

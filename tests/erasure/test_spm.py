@@ -41,6 +41,16 @@ def _velocity(model, prompts, seed=0):
 PROMPTS = ["two red circles", "a blue square"]
 
 
+def _moved(a, b, by=1e-3):
+    """``a`` differs from ``b`` by more than ``by`` somewhere (a real change, not float noise)."""
+    return float((a - b).abs().max()) > by
+
+
+# Exact equality below is used only where it holds by construction: the same module instance on the same inputs
+# with the membrane contributing exact zeros (U = 0, γ = 0, disabled or detached: output + 0 is the output).
+# Results from different instances / loads are compared with assert_close and a stated tolerance.
+
+
 def _pipe_images(pipe):
     return pipe(PROMPTS, num_inference_steps=2, guidance_scale=2.0, output_type="pt",
                 generator=make_generators([0, 1])).images
@@ -52,7 +62,7 @@ def test_zero_init_is_bit_identical_sd3_pipeline_call():
     net = SPMNetwork.for_transformer(pipe.transformer, ["red"]).attach(pipe.transformer)
     assert torch.equal(_pipe_images(pipe), before)
     _randomize(net, 1)
-    assert not torch.equal(_pipe_images(pipe), before)
+    assert _moved(_pipe_images(pipe), before)
 
 
 def test_zero_init_is_bit_identical_flux():
@@ -61,7 +71,7 @@ def test_zero_init_is_bit_identical_flux():
     net = SPMNetwork.for_transformer(model.transformer, ["red"]).attach(model.transformer)
     assert torch.equal(_velocity(model, PROMPTS[:1]), before)
     _randomize(net, 1)
-    assert not torch.equal(_velocity(model, PROMPTS[:1]), before)
+    assert _moved(_velocity(model, PROMPTS[:1]), before)
     net.detach()
     assert torch.equal(_velocity(model, PROMPTS[:1]), before)
 
@@ -74,7 +84,7 @@ def test_zero_init_switches():
     assert torch.equal(_images(model, PROMPTS), before)
     _randomize(net, 1)
     changed = _images(model, PROMPTS)
-    assert not torch.equal(changed, before)
+    assert _moved(changed, before)
     with net.disabled():
         assert torch.equal(_images(model, PROMPTS), before)
     net.detach()
@@ -144,7 +154,9 @@ def test_save_load_on_second_pipeline_and_export_lora(tmp_path):
     second = load_model(second_pipe)
     plain = _images(second, PROMPTS)
     loaded = load_spm(second_pipe, path)
-    assert torch.equal(_images(second, PROMPTS), reference)
+    # another pipeline instance (same seed, same weights) and the weights through a file: equal up to fp32
+    # rounding of the same ops; 1e-5 on images in [0, 1] is far below any membrane effect (> 1e-3 above)
+    torch.testing.assert_close(_images(second, PROMPTS), reference, rtol=0, atol=1e-5)
     loaded.detach()
     assert torch.equal(_images(second, PROMPTS), plain)
 
@@ -218,7 +230,8 @@ def test_spm_trained_on_the_plain_pipeline_attaches_over_a_loaded_lora(tmp_path,
     with_both = _velocity(model, PROMPTS)
     assert not torch.allclose(with_both, lora_only, atol=1e-3)
     if zero_lora:
-        assert torch.equal(with_both, spm_only)
+        # a zero LoRA adds exact zeros, but `plain` and `pipe` are different instances: fp32 rounding at most
+        torch.testing.assert_close(with_both, spm_only, rtol=0, atol=1e-5)
     else:
         # reference: the LoRA merged into plain linears (W + s·BA), then the SPM on those linears
         fused = tiny_sd3_pipeline(seed=0)

@@ -24,7 +24,8 @@ def test_erasing_red_on_the_toy_model():
     other = rng.sample([p for p in held if not names_red(p)], 8)
     model = load_model(TOY, collapse_zero_padding=True)
     config = EraseConfig(["red"], target_prompts=[p for p in train if names_red(p)],
-                         anchor_prompts=[p for p in train if not names_red(p)], random_anchors=1, steps=200, lr=1e-2)
+                         anchor_prompts=[p for p in train if not names_red(p)], random_anchors=1, steps=200, lr=1e-2,
+                         guidance_scale=1.0)  # the toy model's inference guidance (its card), used below too
     spm = train_spm(model, config, progress=False)
     spm.attach(model.transformer)
     report = erasure_report(model, spm, FacilitatedTransport(model, spm.concepts), red, other,

@@ -12,16 +12,27 @@ from flowalign.models import load_model
 from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
 
 
+def _held_erase_loss(trainer, draws: int = 6) -> float:
+    """Mean erase loss over the same seeded draws (target, noise, σ) each time it is called: the per-step losses
+    of training vary with their random σ more than a short run lowers them."""
+    trainer.rng = random.Random(1234)
+    with torch.no_grad():
+        return sum(float(trainer.losses(0)["erase"]) for _ in range(draws)) / draws
+
+
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_training_reduces_erase_loss_and_saves(tmp_path, family):
     model = load_model(tiny_sd3_pipeline() if family == "sd3" else tiny_flux_pipeline())
     config = EraseConfig(["red"], anchor_prompts=["a blue square", "two green circles"], random_anchors=1,
-                         steps=20, lr=2e-2, num_inference_steps=3, checkpoint_every=10, height=32, width=32)
+                         steps=20, lr=2e-2, num_inference_steps=3, checkpoint_every=10, height=32, width=32,
+                         guidance_scale=1.0)
     trainer = EraseTrainer(model, config)
+    before = _held_erase_loss(trainer)
     trainer.train(tmp_path / "red.safetensors", progress=False)
+    after = _held_erase_loss(trainer)
     trainer.close()
-    erase = [h["erase"] for h in trainer.history]
-    assert sum(erase[-5:]) / 5 < 0.7 * sum(erase[:5]) / 5
+    assert len(trainer.history) == 20
+    assert after < 0.7 * before, (before, after)
     _, meta = read_spm(tmp_path / "red.safetensors")
     assert meta["concepts"] == ["red"] and meta["hyperparameters"]["trained_steps"] == 20
     assert meta["hyperparameters"]["eta"] == 1.0
@@ -42,9 +53,9 @@ def test_config_errors():
         EraseConfig([])
     with pytest.raises(ConfigError, match="empty"):
         EraseConfig(["red", ""])
-    pairs = EraseConfig(["red"], target_prompts=["two red circles", "a blue square"]).targets("red")
+    pairs = EraseConfig(["red"], target_prompts=["two red circles", "a blue square"]).targets(0)
     assert pairs == [("two red circles", "two circles")]
-    assert EraseConfig(["red"]).targets("red") == [("red", "")]
+    assert EraseConfig(["red"], inflect=False).targets(0) == [("red", "")]
 
 
 def _spy_velocity(model, monkeypatch):
@@ -86,7 +97,7 @@ def test_partial_sampling_runs_with_the_concepts_membrane_on():
     with torch.no_grad():
         for m in net.membranes.values():
             m.up.copy_(torch.randn(m.up.shape, generator=g) * 0.3)
-    trainer = EraseTrainer(model, EraseConfig(["red", "blue"], num_inference_steps=3), net)
+    trainer = EraseTrainer(model, EraseConfig(["red", "blue"], num_inference_steps=3, guidance_scale=1.0), net)
     cond = model.encode_prompts(["red"])
 
     def ode(seed):
@@ -102,7 +113,8 @@ def test_partial_sampling_runs_with_the_concepts_membrane_on():
     x = trainer.partial_sample(cond, 2, concept_index=1)
     assert not x.requires_grad
     with net.strength([0.0, 1.0]):
-        assert torch.equal(x, ode(seed))  # blue's membrane on, red's off
+        # blue's membrane on, red's off; exact by construction: same model instance, same noise, same ops
+        assert torch.equal(x, ode(seed))
     with net.disabled():
         assert not torch.allclose(x, ode(seed), atol=1e-3)  # not the original model's x_σ
     trainer.close()

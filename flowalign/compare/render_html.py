@@ -10,7 +10,7 @@ import html
 from flowalign.compare.aggregate import STD_NOTE, TIME_NOTE
 from flowalign.compare.render_md import featured_keys
 from flowalign.compare.svg import Plot
-from flowalign.compare.tables import headline, label, metric_rows, overview_rows, seed_rows
+from flowalign.compare.tables import budget_note, headline, label, metric_rows, overview_rows, seed_rows
 from flowalign.training.report import PALETTE, STYLE, _table
 
 esc = html.escape
@@ -43,7 +43,7 @@ def frontier_chart(data: dict) -> str:
               for r in data["recipes"] for run in r["runs"] for when in ("before", "after")
               if quality in run[when] and acc in run[when]]
     plot = Plot("accuracy against quality, per seed (hollow: before, filled: after)", f"quality ({label(quality)})",
-                f"accuracy ({label(acc)})", [p[3] for p in points], [p[4] for p in points])
+                f"accuracy ({label(acc)})", [p[3] for p in points], [p[4] for p in points], pad=0.06)
     for name, seed, when, x, y in points:
         plot.dot(x, y, color[name], f"{name} seed {seed} {when}: accuracy {y:.4f}, quality {x:.4f}",
                  hollow=when == "before")
@@ -63,6 +63,7 @@ def render_html(data: dict) -> str:
                 "<h2>Headline</h2><ul>"
                 + "".join(f"<li>{esc(headline(r, acc, quality))}</li>" for r in data["recipes"]) + "</ul>",
                 "<h2>Overview</h2>", _table(overview_rows(data)),
+                f"<p><b>{esc(budget_note(data))}</b></p>" if budget_note(data) else "",
                 "<h2>Learning curves</h2>", curve_chart(data, acc), curve_chart(data, quality),
                 "<h2>Reward-hacking frontier</h2>", frontier_chart(data)]
     featured = featured_keys(data)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flowalign.compare.aggregate import STD_NOTE, TIME_NOTE
-from flowalign.compare.tables import headline, metric_rows, overview_rows, seed_rows
+from flowalign.compare.tables import budget_note, headline, metric_rows, overview_rows, seed_rows
 
 
 def md_table(rows: list[dict]) -> str:
@@ -33,6 +33,8 @@ def render_markdown(data: dict) -> str:
              f"```sh\n{data['command']}\n```\n", "## Headline\n"]
     parts += [f"- {headline(recipe, acc, quality)}" for recipe in data["recipes"]]
     parts += ["", "## Overview\n", md_table(overview_rows(data))]
+    if budget_note(data):
+        parts.append(f"**{budget_note(data)}**\n")
     featured = featured_keys(data)
     for recipe in data["recipes"]:
         parts += [f"## {recipe['name']}\n", f"Recipe `{recipe['recipe']}`.\n", "Held-out metrics over seeds:\n",

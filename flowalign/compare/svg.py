@@ -14,11 +14,18 @@ from flowalign.training.report import BOTTOM, HEIGHT, LEFT, RIGHT, TOP, WIDTH, _
 esc = html.escape
 
 
+def _padded(span: tuple[float, float], pad: float) -> tuple[float, float]:
+    lo, hi = span
+    return lo - pad * (hi - lo), hi + pad * (hi - lo)
+
+
 class Plot:
-    def __init__(self, title: str, x_label: str, y_label: str, xs: Sequence[float], ys: Sequence[float]):
+    def __init__(self, title: str, x_label: str, y_label: str, xs: Sequence[float], ys: Sequence[float],
+                 pad: float = 0.0):
+        """``pad``: a margin on every side, as a fraction of each axis's range (points off the axis lines)."""
         self.title = title
-        self.x0, self.x1 = _span(list(xs)) if xs else (0.0, 1.0)
-        self.y0, self.y1 = _span(list(ys)) if ys else (0.0, 1.0)
+        self.x0, self.x1 = _padded(_span(list(xs)) if xs else (0.0, 1.0), pad)
+        self.y0, self.y1 = _padded(_span(list(ys)) if ys else (0.0, 1.0), pad)
         self.legend: list[tuple[str, str]] = []
         self.parts = [f'<title>{esc(title)}</title>',
                       f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-weight="bold">{esc(title)}</text>']

@@ -79,6 +79,15 @@ def seed_rows(recipe: dict, featured: list[str]) -> list[dict]:
     return rows
 
 
+def budget_note(data: dict) -> str | None:
+    """A warning when the recipes did not use the same number of samples (mean over their finished seeds)."""
+    used = {r["name"]: r["samples_seen"]["mean"] for r in data["recipes"] if r["samples_seen"]["mean"] is not None}
+    if len(set(used.values())) <= 1:
+        return None
+    return ("Not at equal budget: samples used differ (" + ", ".join(f"{n} {v:.0f}" for n, v in used.items())
+            + "); compare the learning curves at equal samples seen.")
+
+
 def headline(recipe: dict, acc: str, quality: str) -> str:
     """A sentence a README can quote: accuracy's mean change and its worst seed, quality's worst fall."""
     a, q = _metric(recipe, acc)["change"], _metric(recipe, quality)["change"]

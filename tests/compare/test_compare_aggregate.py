@@ -95,6 +95,7 @@ def test_reports_are_written(compared):
     assert row in md
     assert "every seed positive (worst seed +3.0)" in md and "quality fell by at most 2.0 points" in md
     assert plan.command in md and "--seeds 0 1 2" in plan.command
+    assert "Not at equal budget: samples used differ (a 20, b 24)" in md  # a logs 20 samples, b falls back to 24
     page = (plan.out / "compare.html").read_text()
     assert page.count("<svg") == 3 and "src=" not in page  # self-contained
     assert page.count("<polygon") == 4  # a min–max band per recipe in each of the two learning curves

@@ -120,10 +120,13 @@ def _run_one(run: RunSpec, threads: int, launcher: Launcher, commit: str | None,
     except OSError as err:  # the launcher could not start the process
         returncode, error = None, f"could not start: {err}"
     wall = time.perf_counter() - start
-    previous = earlier.wall_s if earlier is not None and earlier.wall_s is not None else 0.0
+    # a resumed run adds up its launches; a fresh one (its folder deleted to train it again) starts from zero
+    previous = earlier.wall_s if resume and earlier is not None and earlier.wall_s is not None else 0.0
     finished = returncode == 0 and (run.run_dir / "summary.json").is_file()
     if returncode == 0 and not finished:
         error = f"exited 0 but wrote no {run.run_dir / 'summary.json'}"
+    elif returncode is not None and returncode < 0:
+        error = f"killed by signal {-returncode}"
     elif returncode not in (0, None):
         error = f"exited with code {returncode}"
     record = _new_record(run, FINISHED if finished else FAILED, "resumed" if resume else "fresh",

@@ -2,6 +2,7 @@
 reported without stopping the others; and bad command lines fail before anything runs."""
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,20 +67,27 @@ def test_a_failed_run_is_reported_and_the_others_still_run(tmp_path):
 
 
 def test_exit_zero_without_a_summary_is_a_failure_and_resumes_add_up_wall_time(tmp_path):
+    """wall_s sums the launches of a resumed run, and starts over when its folder was deleted to retrain it."""
     recipe = write_recipe(tmp_path, "a")
     plan = build_plan([str(recipe)], [0], str(tmp_path / "out"))
     (run,) = plan.runs
 
     def crash(seed, argv):  # the trainer claimed its folder, then stopped without a summary
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        time.sleep(0.2)
+        time.sleep(0.5)
         return 0, None
 
+    def succeed(seed, argv):
+        return 0, (BEFORE, AFTER)
+
     (first,) = execute(plan, FakeLauncher([run], crash), QUIET)
-    assert first.status == "failed" and "wrote no" in first.error and first.wall_s >= 0.2
-    (second,) = execute(plan, FakeLauncher([run], lambda seed, argv: (0, (BEFORE, AFTER))), QUIET)
+    assert first.status == "failed" and "wrote no" in first.error and first.wall_s >= 0.5
+    (second,) = execute(plan, FakeLauncher([run], succeed), QUIET)
     assert second.action == "resumed" and second.status == "finished"
-    assert second.wall_s >= first.wall_s  # both launches counted (the second alone takes far less than 0.2 s)
+    assert second.wall_s >= first.wall_s  # both launches counted (the second alone takes far less than 0.5 s)
+    shutil.rmtree(run.run_dir)
+    (third,) = execute(plan, FakeLauncher([run], succeed), QUIET)
+    assert third.action == "fresh" and third.wall_s < 0.5
 
 
 def test_the_command_exits_nonzero_when_a_run_failed(tmp_path, monkeypatch, capsys):

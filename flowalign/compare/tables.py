@@ -33,18 +33,18 @@ def label(key: str) -> str:
 
 
 def overview_rows(data: dict) -> list[dict]:
-    """One row per recipe: accuracy and quality before → after with their change and worst seed; budget."""
+    """One row per recipe: accuracy and quality, mean before → mean ± std after, their change and worst seed's
+    change; samples used and time."""
     acc, quality = data["accuracy_key"], data["quality_key"]
     rows = []
     for recipe in data["recipes"]:
         row = {"recipe": recipe["name"],
                "seeds": f"{len(recipe['finished'])}/{len(recipe['seeds'])}"}
-        for key, title in ((acc, f"accuracy ({label(acc)})"), (quality, "quality")):
+        for key, title in ((acc, f"accuracy ({label(acc)})"), (quality, f"quality ({label(quality)})")):
             m = _metric(recipe, key)
-            row[f"{title} before"] = mean_std(m["before"])
-            row[f"{title} after"] = mean_std(m["after"])
-            row[f"{title} change"] = mean_std(m["change"], signed=True)
-            row[f"{title} worst seed"] = fmt(m["change"].get("min"), signed=True)
+            row[f"{title} before → after"] = f"{fmt(m['before'].get('mean'))} → {mean_std(m['after'])}"
+            row[f"{title} change (worst seed)"] = (f"{mean_std(m['change'], signed=True)} "
+                                                   f"({fmt(m['change'].get('min'), signed=True)})")
         row["samples used"] = mean_std(recipe["samples_seen"], 0)
         row["train s"] = mean_std(recipe["train_s"], 1)
         row["process s"] = mean_std(recipe["process_s"], 1)

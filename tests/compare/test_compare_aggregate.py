@@ -93,6 +93,7 @@ def test_reports_are_written(compared):
     md = (plan.out / "compare.md").read_text()
     row = "| reward | accuracy | 0.4000 ± 0.0000 | 0.4633 ± 0.0351 | +0.0633 ± 0.0351 | +0.0300 | +0.1000 | 3/3 |"
     assert row in md
+    assert "| a | 3/3 | 0.4000 → 0.4633 ± 0.0351 | +0.0633 ± 0.0351 (+0.0300) | 0.6000 → 0.5933 ± 0.0153 |" in md
     assert "every seed positive (worst seed +3.0)" in md and "quality fell by at most 2.0 points" in md
     assert plan.command in md and "--seeds 0 1 2" in plan.command
     assert "Not at equal budget: samples used differ (a 20, b 24)" in md  # a logs 20 samples, b falls back to 24

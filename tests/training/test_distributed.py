@@ -34,6 +34,8 @@ def test_two_processes_sample_distinct_noise_and_stay_in_sync(tmp_path):
     noise = [tuple(map(tuple, r["initial_noise"])) for r in ranks]
     members = noise[0] + noise[1]
     assert len(set(members)) == len(members), "every group member on every process must get its own noise"
+    # exact by construction: the same initial weights, and the all-reduce hands both ranks the same gradient bits
+    # (a + b == b + a in float), so the same optimizer step gives the same parameters
     assert ranks[0]["params"] == ranks[1]["params"]
     assert ranks[0]["param_sum"] == ranks[1]["param_sum"]
 
@@ -56,5 +58,7 @@ def test_gradients_are_the_per_pair_mean_over_all_processes(tmp_path):
     alone = Trainer(tiny_config(tmp_path / "one"), model=tiny_sd3_pipeline(seed=0), reward=Redness())
     alone.run()
     (row,) = [r for r in alone.history if "train/grad_norm" in r]
+    # rel 1e-5: float32 rounding of the same gradient reduced in another layout (DDP buckets, all-reduce) against
+    # one process; the mistake this test guards against (a mean over processes) would be off by a factor of 2
     for rank in ranks:
         assert rank["grad_norm"] == pytest.approx(row["train/grad_norm"], rel=1e-5)

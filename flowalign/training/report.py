@@ -137,6 +137,13 @@ def _table(rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _figure(caption: str, image: Path | str | torch.Tensor, css_class: str = "") -> str:
+    esc = html.escape
+    cls = f' class="{css_class}"' if css_class else ""
+    return (f'<figure><img{cls} src="{_image_uri(image)}" alt="{esc(caption)}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
 def write_report(path: Path, *, title: str, summary: dict[str, object],
                  curves: dict[str, dict[str, Series]] | dict[str, Series],
                  tables: dict[str, list[dict]] | None = None, images: dict[str, Path | torch.Tensor] | None = None,
@@ -151,8 +158,7 @@ def write_report(path: Path, *, title: str, summary: dict[str, object],
     sections = [f"<h1>{esc(title)}</h1>"]
     if headline:
         sections.append("<ul class='headline'>" + "".join(f"<li>{esc(line)}</li>" for line in headline) + "</ul>")
-    sections += [f'<figure><img class="sheet" src="{_image_uri(image)}" alt="{esc(caption)}">'
-                 f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, image in (headline_images or {}).items()]
+    sections += [_figure(caption, image, "sheet") for caption, image in (headline_images or {}).items()]
     sections += ["<h2>Summary</h2>", _table([{"key": k, "value": v} for k, v in summary.items()])]
     sections += [f"<p class='note'>{esc(str(note))}</p>" for note in notes or []]
     if curves:
@@ -163,8 +169,7 @@ def write_report(path: Path, *, title: str, summary: dict[str, object],
         sections += [f"<h2>{esc(table_title)}</h2>", _table(rows)]
     if images:
         sections.append("<h2>Images</h2>")
-        sections += [f'<figure><img src="{_image_uri(image)}" alt="{esc(caption)}">'
-                     f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, image in images.items()]
+        sections += [_figure(caption, image) for caption, image in images.items()]
     document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
                 f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>\n")
     path = Path(path)

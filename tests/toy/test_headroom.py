@@ -23,19 +23,26 @@ def toy():
 
 
 def test_best_of_n_bounds(toy):
-    cfg = EvalConfig(steps=6, guidance=1.0, batch=32)
+    # batch = one image per prompt: the first seed's images are sampled in the same batch below with seeds=1, so
+    # they are the same bits (same module, inputs and batch); the discrete verifier could otherwise flip a clause
+    # on a float32 rounding difference between batch layouts
+    cfg = EvalConfig(steps=6, guidance=1.0, batch=len(PROMPTS))
     out = heldout_headroom(toy, 4, cfg, PROMPTS)
+    # top quarter of 4 seeds is the best one: the same numbers, so exact
     assert out["best_of_1"] <= out["best_of_4"] and out["mean"] <= out["top_quarter"] == out["best_of_4"]
     assert 0.0 <= out["mean"] <= 1.0 and set(out["by_kind"]) == {"count", "pair", "relation"}
     assert set(out["clauses"]) >= {"shape[circle]", "shape[square]", "shape[triangle]"}
     one = heldout_headroom(toy, 1, cfg, PROMPTS)  # the first seed of each prompt is the same image
+    # with one seed, mean, best_of_1 and top_quarter average the same scores in the same order: exact
     assert one["mean"] == one["best_of_1"] == one["top_quarter"] == pytest.approx(out["best_of_1"])
     with pytest.raises(ValueError, match="seeds must be >= 1"):
         heldout_headroom(toy, 0, cfg, PROMPTS)
 
 
 def test_headroom_scores_the_trainer_evaluations_images(tmp_path):
-    """Same seeds, same ODE: the script's mean and clauses read what the trainer's held-out evaluation reads."""
+    """Same seeds, same ODE: the script's mean and clauses read what the trainer's held-out evaluation reads.
+    Both sample the 8 images in one batch of 8; abs 1e-6 absorbs the float rounding of averaging the verifier's
+    discrete scores (fractions of satisfied clauses) in another order."""
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     prompts = str(tmp_path / "prompts.txt")
     config = tc.TrainConfig(
@@ -65,4 +72,4 @@ def test_script_prints_and_writes_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "best_of_1" in printed and "shape[square]" in printed and "classified as" in printed
     saved = json.loads((tmp_path / "h.json").read_text())
-    assert saved["seeds"] == 1 and saved["heldout"]["mean"] == saved["heldout"]["best_of_1"]
+    assert saved["seeds"] == 1 and saved["heldout"]["mean"] == saved["heldout"]["best_of_1"]  # one seed: exact

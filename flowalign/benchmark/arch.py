@@ -25,8 +25,12 @@ from diffusers import DiffusionPipeline, ModelMixin
 from flowalign.errors import ConfigError
 from flowalign.models.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
-PIPELINES = {"StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline", "QwenImagePipeline"}
+PIPELINES = {"StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline", "QwenImagePipeline",
+             "WanImageToVideoPipeline"}
 COMPONENTS = ("transformer", "vae", "scheduler")
+#: optional components: an image encoder (transformers class, full size) with its ``processor`` settings
+#: (a ``CLIPImageProcessor`` sized to the encoder's ``image_size``), for image-conditioned pipelines
+IMAGE_ENCODER = "image_encoder"
 #: config key holding a text encoder's layer count, by class ("a.b": key b of the nested config a)
 LAYER_KEYS = {"CLIPTextModel": "num_hidden_layers", "CLIPTextModelWithProjection": "num_hidden_layers",
               "T5EncoderModel": "num_layers", "UMT5EncoderModel": "num_layers",
@@ -72,7 +76,7 @@ def parse_arch_spec(raw: dict, *, scale_down: bool = False, overrides: dict | No
             raise ConfigError(f"{where} has no {key!r} entry")
     if raw["pipeline"] not in PIPELINES:
         raise ConfigError(f"{where}: pipeline {raw['pipeline']!r} is not one of {', '.join(sorted(PIPELINES))}")
-    components = {k: copy.deepcopy(raw[k]) for k in COMPONENTS}
+    components = {k: copy.deepcopy(raw[k]) for k in (*COMPONENTS, IMAGE_ENCODER) if k in raw}
     encoders = copy.deepcopy(raw["text_encoders"])
     defaults = dict(raw.get("defaults", {}))
     layers: list[dict] = []
@@ -175,6 +179,13 @@ def build_arch_pipeline(spec: ArchSpec | str | Path, *, device: str | torch.devi
             parts[name] = cast_module(cls(**entry["config"]), dtype)
         for name, entry in spec.text_encoders.items():
             parts[name] = cast_module(_text_encoder(entry, name), dtype)
+        if IMAGE_ENCODER in spec.components:
+            entry = spec.components[IMAGE_ENCODER]
+            cls = _class(transformers, entry["class"], f"{spec.name} {IMAGE_ENCODER}")
+            parts[IMAGE_ENCODER] = cast_module(cls(cls.config_class(**entry["config"])), dtype)
+            size = entry["config"]["image_size"]  # the processor resizes and crops to the encoder's input size
+            parts["image_processor"] = transformers.CLIPImageProcessor(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **entry.get("processor", {}))
     sched = spec.components["scheduler"]
     parts["scheduler"] = _class(diffusers, sched["class"], f"{spec.name} scheduler")(**sched["config"])
     for name, entry in spec.text_encoders.items():

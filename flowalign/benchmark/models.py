@@ -10,17 +10,18 @@ import torch
 from flowalign.benchmark.arch import build_arch_pipeline, cast_module, full_text_encoder_params, load_arch_spec
 from flowalign.errors import ConfigError
 from flowalign.models import FlowModel, Geometry, load_model
-from flowalign.models.loading import adapter_class
+from flowalign.models.loading import adapter_class, read_model_index
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: guidance scale each family is usually sampled with (Flux: the embedded guidance, no CFG)
-FAMILY_GUIDANCE = {"sd3": 4.5, "flux": 3.5, "wan": 5.0, "qwen_image": 4.0}
+FAMILY_GUIDANCE = {"sd3": 4.5, "flux": 3.5, "wan": 5.0, "qwen_image": 4.0, "wan_i2v": 5.0}
 #: name → (builder, default geometry, guidance scale as the real family is sampled)
 TINY = {
     "tiny-sd3": ("tiny_sd3_pipeline", Geometry(32, 32), 4.5),
     "tiny-flux": ("tiny_flux_pipeline", Geometry(32, 32), 3.5),
     "tiny-wan": ("tiny_wan_pipeline", Geometry(32, 32, 9), 5.0),
     "tiny-qwen-image": ("tiny_qwen_image_pipeline", Geometry(32, 32), 4.0),
+    "tiny-wan-i2v": ("tiny_wan_i2v_pipeline", Geometry(32, 32, 9), 5.0),
 }
 
 
@@ -43,10 +44,19 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def _adapter_kwargs(family: str, geometry: Geometry | None) -> dict:
+    """Video families take the benchmark's geometry as default; image-to-video gets one gray conditioning image."""
+    kwargs = {"geometry": geometry} if family in ("wan", "wan_i2v") and geometry is not None else {}
+    if family == "wan_i2v":
+        from PIL import Image
+
+        kwargs["image"] = Image.new("RGB", (geometry.width, geometry.height) if geometry else (832, 480), (128,) * 3)
+    return kwargs
+
+
 def _wrap(pipeline, device: torch.device, geometry: Geometry | None = None) -> FlowModel:
     cls = adapter_class(type(pipeline).__name__)
-    kwargs = {"geometry": geometry} if cls.family == "wan" and geometry is not None else {}
-    return cls(pipeline, device=device, **kwargs)
+    return cls(pipeline, device=device, **_adapter_kwargs(cls.family, geometry))
 
 
 def build_bench_model(model: str | None = None, arch: str | None = None, *, device: str | torch.device = "cpu",
@@ -91,7 +101,8 @@ def build_bench_model(model: str | None = None, arch: str | None = None, *, devi
         return BenchModel(_wrap(pipeline, device, geometry), model, geometry, guidance,
                           notes=["tiny builder, random weights"])
     if Path(model).is_dir():
-        loaded = load_model(model, device=device, torch_dtype=dtype)
+        family = adapter_class(read_model_index(model)["_class_name"]).family
+        loaded = load_model(model, device=device, torch_dtype=dtype, **_adapter_kwargs(family, None))
         geometry = loaded.default_geometry()
         return BenchModel(loaded, str(model), geometry, FAMILY_GUIDANCE[loaded.family],
                           notes=[f"pipeline folder {model}"])

@@ -19,6 +19,7 @@ ADAPTERS: dict[str, str] = {
     "FluxPipeline": "flowalign.models.flux:FluxModel",
     "WanPipeline": "flowalign.models.wan:WanModel",
     "QwenImagePipeline": "flowalign.models.qwen_image:QwenImageModel",
+    "WanImageToVideoPipeline": "flowalign.models.wan_i2v:WanImageToVideoModel",
 }
 
 
@@ -72,5 +73,9 @@ def load_model(pipeline: str | os.PathLike | DiffusionPipeline, *, device: str |
                torch_dtype: torch.dtype = torch.float32, **adapter_kwargs) -> FlowModel:
     """Wrap a pipeline object, a local pipeline folder or a hub id in its family's adapter."""
     if not isinstance(pipeline, DiffusionPipeline):
+        if Path(str(pipeline)).is_dir():  # adapter arguments are checked before any weight loads
+            check = getattr(adapter_class(read_model_index(pipeline)["_class_name"]), "check_adapter_kwargs", None)
+            if check is not None:
+                check(adapter_kwargs)
         pipeline = load_pipeline(pipeline, torch_dtype=torch_dtype)
     return adapter_class(type(pipeline).__name__)(pipeline, device=device, **adapter_kwargs)

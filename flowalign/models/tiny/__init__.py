@@ -5,6 +5,7 @@ from flowalign.models.tiny.qwen_image import tiny_qwen_image_pipeline
 from flowalign.models.tiny.sd3 import tiny_sd3_pipeline, tiny_vae
 from flowalign.models.tiny.text import tiny_clip_text_encoder, tiny_t5_encoder
 from flowalign.models.tiny.wan import tiny_wan_pipeline
+from flowalign.models.tiny.wan_i2v import tiny_wan_i2v_pipeline
 
 __all__ = [
     "tiny_clip_text_encoder",
@@ -13,5 +14,6 @@ __all__ = [
     "tiny_sd3_pipeline",
     "tiny_t5_encoder",
     "tiny_vae",
+    "tiny_wan_i2v_pipeline",
     "tiny_wan_pipeline",
 ]

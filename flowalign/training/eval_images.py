@@ -31,6 +31,7 @@ FONT_SIZE = 14
 BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
 MUTED = (90, 90, 90)
+FRAME = (190, 190, 190)  # a 1-pixel line around each tile: white images stay apart from the white sheet
 COLUMNS = 4  # samples per row for still images
 PAIR_COLUMNS = 2  # before/after pairs per row for still images
 #: every file these functions write into a run folder
@@ -152,6 +153,7 @@ def compose(cells: list[Cell], columns: int, labels: tuple[str, ...] = ()) -> tu
             for k, tile in enumerate(cells[i].tiles):
                 tx = x + k * (tile_w + PAD)
                 sheet.paste(tile, (tx, y))
+                draw.rectangle((tx - 1, y - 1, tx + tile.width, y + tile.height), outline=FRAME)
                 boxes.append((tx, y, tile.width, tile.height))
             for n, text in enumerate(wrapped[i]):
                 fill = MUTED if cells[i].note and n == len(wrapped[i]) - 1 else INK

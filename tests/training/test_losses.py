@@ -59,7 +59,7 @@ def test_grpo_loss_equals_hand_computation():
 def test_grpo_on_policy_ratio_is_one_and_gradient_is_minus_advantage_weighted():
     batch = make_batch(shift=0.0)
     loss, metrics = build_algorithm(GRPOConfig()).loss(batch)
-    assert metrics["ratio_mean"].item() == 1.0
+    assert metrics["ratio_mean"].item() == 1.0  # exact by construction: shift 0 leaves μ bit-identical to μ_old
     assert loss.item() == pytest.approx(-batch.advantages.mean().item(), abs=1e-7)
 
 
@@ -94,7 +94,7 @@ def test_ratio_norm_equals_reduced_z_times_delta_mu(reduction):
 def test_ratio_norm_is_exactly_zero_on_policy():
     batch = make_batch(shift=0.0)
     value = ratio_norm_log_ratio(batch.new.sample, batch.new.mean, batch.old_mean, batch.new.std, "mean")
-    assert torch.equal(value, torch.zeros(4))
+    assert torch.equal(value, torch.zeros(4))  # exact by construction: Δμ is exactly 0 on policy
 
 
 def test_guard_reweights_by_minus_dt_and_logs_per_step_grad_norms():
@@ -153,7 +153,7 @@ def test_group_advantages():
     adv = group_advantages(rewards, groups)
     first = torch.tensor([1.0, 2.0, 3.0, 4.0])
     torch.testing.assert_close(adv[:4], (first - first.mean()) / (first.std(unbiased=False) + 1e-4))
-    assert torch.equal(adv[4:], torch.zeros(4))  # equal rewards carry no signal
+    assert torch.equal(adv[4:], torch.zeros(4))  # equal rewards carry no signal (exact: a max == min branch)
     batch_scope = group_advantages(rewards, groups, std_scope="batch")
     torch.testing.assert_close(batch_scope[:4], (first - first.mean()) / (rewards.std(unbiased=False) + 1e-4))
     clipped = group_advantages(torch.tensor([0.0, 0.0, 0.0, 100.0]), torch.zeros(4, dtype=torch.long), clip=1.0)

@@ -5,6 +5,7 @@ The head is the published ``sac+logos+ava1-l14-linearMSE.pth`` state dict: ``lay
 Linear stack 768→1024→128→64→16→1 (dropouts at 1, 3, 5; no activations). Scores ≈ 1–10 (AVA scale).
 Preprocessing (OpenAI CLIP's torchvision one): bicubic shortest-edge 224, center crop 224 (offset
 ``round((H − 224) / 2)``), OpenAI mean/std, in torch.
+The default head comes from a third-party hub mirror; its sha256 is checked against the original file's.
 Differentiable.
 """
 
@@ -19,13 +20,15 @@ from transformers import CLIPConfig, CLIPModel
 from flowalign.errors import ConfigError
 from reward_models.base import RewardModel, RewardOutput, RewardSpec, register_reward
 from reward_models.clip_common import load_clip_model, read_image_transform
-from reward_models.hub import load_checked, load_state_dict_file, resolve_file
+from reward_models.hub import load_checked, load_state_dict_file, resolve_file, verify_sha256
 from reward_models.preprocess import ImageTransform
 
 DEFAULT_AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
 #: a hub mirror of the head from github.com/christophschuhmann/improved-aesthetic-predictor
 DEFAULT_AESTHETIC_HEAD = "camenduru/improved-aesthetic-predictor"
 AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+#: sha256 of the original file in christophschuhmann/improved-aesthetic-predictor (checked on the mirror's copy)
+AESTHETIC_HEAD_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
 
 
 class AestheticHead(torch.nn.Module):
@@ -58,17 +61,25 @@ class AestheticScore(RewardModel):
 
     @classmethod
     def from_pretrained(cls, clip: str | os.PathLike = DEFAULT_AESTHETIC_CLIP,
-                        head: str | os.PathLike = DEFAULT_AESTHETIC_HEAD,
+                        head: str | os.PathLike = DEFAULT_AESTHETIC_HEAD, head_sha256: str | None = None,
                         torch_dtype: torch.dtype = torch.float32, device: str | None = None) -> "AestheticScore":
-        """``clip``: transformers CLIP folder/hub id; ``head``: the .pth file, a folder or hub repo holding it."""
+        """``clip``: transformers CLIP folder/hub id; ``head``: the .pth file, a folder or hub repo holding it;
+        ``head_sha256``: the digest the head file must have (the default mirror is always checked against the
+        original's ``AESTHETIC_HEAD_SHA256``)."""
         model = load_clip_model(clip, torch_dtype)
-        mlp = cls.load_head(head, model.config.projection_dim)
+        mlp = cls.load_head(head, model.config.projection_dim, sha256=head_sha256)
         transform = read_image_transform(clip, model.config.vision_config.image_size, crop_offset="round")
         return cls(model, mlp, transform).to(device or "cpu")
 
     @staticmethod
-    def load_head(head: str | os.PathLike, embed_dim: int = 768) -> AestheticHead:
+    def load_head(head: str | os.PathLike, embed_dim: int = 768, sha256: str | None = None) -> AestheticHead:
+        """The head from a file, folder or hub repo; its sha256 is checked against ``sha256``, and against the
+        original's when it comes from the default third-party mirror (``ChecksumError`` on a mismatch)."""
         path = resolve_file(head, AESTHETIC_HEAD_FILE)
+        if sha256 is None and str(head) == DEFAULT_AESTHETIC_HEAD:
+            sha256 = AESTHETIC_HEAD_SHA256
+        if sha256 is not None:
+            verify_sha256(path, sha256, f"the aesthetic head {AESTHETIC_HEAD_FILE!r} ({head})")
         mlp = AestheticHead(embed_dim)
         load_checked(mlp, load_state_dict_file(path), repr(str(path)))
         return mlp.eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -41,23 +42,81 @@ def load_tokenizer(path: str | os.PathLike, max_length: int) -> PreTrainedTokeni
     return tokenizer
 
 
+_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL resample codes transformers' processors store
+
+
+def _side(value, key: str, source: str) -> int:
+    """One side length from a processor config entry: an int, ``{"shortest_edge": n}`` or a square
+    ``{"height": n, "width": n}``."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict) and "shortest_edge" in value:
+        return int(value["shortest_edge"])
+    if isinstance(value, dict) and value.get("height") is not None and value.get("height") == value.get("width"):
+        return int(value["height"])
+    raise ValueError(f"{source}: {key} = {value!r} is not supported (expected an int, {{'shortest_edge': n}} or a "
+                     "square {'height': n, 'width': n})")
+
+
+def image_transform_from_config(config: dict, source: str, image_size: int, *,
+                                crop_offset: CropOffset) -> ImageTransform:
+    """The crop transform a transformers ``CLIPImageProcessor`` config describes: ``size`` (shortest edge),
+    ``crop_size``, ``image_mean``/``image_std``, ``resample`` (bicubic or bilinear); absent keys take CLIP's
+    defaults (``image_size``, OpenAI mean/std, bicubic). ``source`` names the file in errors."""
+    for flag in ("do_resize", "do_center_crop", "do_normalize"):
+        if config.get(flag) is False:
+            raise ValueError(f"{source}: {flag} = false is not supported (the CLIP rewards resize, crop and "
+                             "normalize)")
+    resample = config.get("resample", 3)
+    if resample not in _RESAMPLE:
+        raise ValueError(f"{source}: resample = {resample!r} is not supported (2: bilinear, 3: bicubic)")
+    mean, std = tuple(config.get("image_mean", OPENAI_CLIP_MEAN)), tuple(config.get("image_std", OPENAI_CLIP_STD))
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"{source}: image_mean and image_std must have 3 values, got {mean} and {std}")
+    crop = _side(config.get("crop_size", image_size), "crop_size", source)
+    resize = _side(config.get("size", crop), "size", source)
+    return ImageTransform(size=crop, resize_size=resize, mean=mean, std=std, interpolation=_RESAMPLE[resample],
+                          crop_offset=crop_offset)
+
+
+def preprocessor_config(path: str | os.PathLike) -> tuple[dict | None, str]:
+    """(``preprocessor_config.json`` of a local folder or hub repo, where it came from); (None, reason) when
+    the model has none, or when a hub repo's file cannot be fetched (offline and not cached: a warning)."""
+    folder = Path(path)
+    if folder.is_dir() or str(path).startswith((".", "/", "~")) or str(path).count("/") != 1:
+        file = folder / "preprocessor_config.json"
+        if not file.is_file():
+            return None, f"{str(folder)!r} has no preprocessor_config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        try:
+            file = Path(hf_hub_download(str(path), "preprocessor_config.json"))
+        except Exception as err:  # offline and not cached, network errors: the defaults, said out loud
+            if isinstance(err, EntryNotFoundError) and not isinstance(err, LocalEntryNotFoundError):
+                return None, f"hub repo {str(path)!r} has no preprocessor_config.json"
+            warnings.warn(f"cannot fetch preprocessor_config.json of {str(path)!r} ({type(err).__name__}); using "
+                          "OpenAI CLIP preprocessing (224 bicubic, OpenAI mean/std), which may not be this model's",
+                          stacklevel=3)
+            return None, f"hub repo {str(path)!r}: preprocessor_config.json not fetched"
+    try:
+        return json.loads(file.read_text()), str(file)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from err
+
+
 def read_image_transform(path: str | os.PathLike, image_size: int, *, crop_offset: CropOffset) -> ImageTransform:
-    """CLIP crop transform from a local ``preprocessor_config.json`` if there is one, else OpenAI defaults.
+    """CLIP crop transform from the model's own ``preprocessor_config.json`` (local folder or hub repo) if it
+    has one, else OpenAI defaults at ``image_size``.
 
     ``crop_offset``: ``"floor"`` where the original model used transformers' CLIPImageProcessor,
     ``"round"`` where it used torchvision (see ``preprocess.center_crop``).
     """
-    config_file = Path(path) / "preprocessor_config.json"
-    if not config_file.is_file():
+    config, source = preprocessor_config(path)
+    if config is None:
         return ImageTransform(size=image_size, crop_offset=crop_offset)
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
-    crop = config.get("crop_size", image_size)
-    crop = crop.get("height", image_size) if isinstance(crop, dict) else int(crop)
-    return ImageTransform(size=crop, mean=tuple(config.get("image_mean", OPENAI_CLIP_MEAN)),
-                          std=tuple(config.get("image_std", OPENAI_CLIP_STD)), crop_offset=crop_offset)
+    return image_transform_from_config(config, source, image_size, crop_offset=crop_offset)
 
 
 class CLIPEmbedder(torch.nn.Module):

@@ -4,6 +4,10 @@
 default; ``clip_at_zero=False`` gives ``weight · cos`` (Hessel et al. use ``2.5 · max(cos, 0)``).
 Preprocessing: shortest-edge bicubic resize (antialiased) + center crop (offset ``(H − 224) // 2`` as
 transformers' ``CLIPImageProcessor``, which torchmetrics uses) + OpenAI normalization, in torch.
+Preprocessing is read from the model's own ``preprocessor_config.json`` (folder or hub repo) when it has one.
+Prompts over 77 tokens are truncated to 77 keeping the end-of-text token (the CLIP tokenizer's truncation), whose
+position CLIP pools. torchmetrics cuts the ids after 77 instead, dropping that token: its pooled text embedding of
+such a prompt no longer depends on the prompt, so scores of prompts over 77 tokens differ from torchmetrics'.
 Differentiable (the gradient is 0 where ``cos < 0`` and ``clip_at_zero`` is on).
 """
 

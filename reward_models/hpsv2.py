@@ -2,7 +2,9 @@
 
 ``score = cos(image, prompt)`` of the fine-tuned CLIP (no logit scale; typical values ≈ 0.2–0.35).
 Weights: ``HPS_v2_compressed.pt`` / ``HPS_v2.1_compressed.pt`` (hub repo ``xswu/HPSv2``), an open_clip
-state dict under the ``"state_dict"`` key. Preprocessing is HPSv2's letterbox: longer side → 224
+state dict under the ``"state_dict"`` key. The default here is v2.1; the original package's ``hpsv2.score()``
+defaults to v2.0 (``hps_version="v2.0"``): pass ``version="v2"`` to compare with it.
+Preprocessing is HPSv2's letterbox: longer side → 224
 (bicubic, ``round``), zero-pad to a centered square, OpenAI mean/std — here in torch with antialiasing.
 Differentiable.
 """

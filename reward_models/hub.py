@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -13,6 +14,21 @@ from flowalign.errors import FlowAlignError
 
 class CheckpointKeyError(FlowAlignError):
     """A checkpoint's keys do not match the architecture it is loaded into."""
+
+
+class ChecksumError(FlowAlignError):
+    """A weight file's sha256 is not the published one."""
+
+
+def verify_sha256(path: str | os.PathLike, expected: str, what: str) -> None:
+    """Raise ``ChecksumError`` naming ``path``, ``what`` it should be and both digests unless they match."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected.lower():
+        raise ChecksumError(f"{str(path)!r} is not {what}: its sha256 is {digest.hexdigest()}, expected {expected} "
+                            "(a changed or corrupted download; delete it to fetch it again)")
 
 
 def resolve_file(spec: str | os.PathLike, filename: str) -> Path:

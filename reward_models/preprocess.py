@@ -89,7 +89,8 @@ class ImageTransform:
 
     ``crop_offset``: ``"round"`` for models preprocessed with torchvision (OpenAI CLIP, aesthetic,
     ImageReward), ``"floor"`` for those preprocessed with transformers' ``CLIPImageProcessor``
-    (PickScore, CLIPScore); see :func:`center_crop`.
+    (PickScore, CLIPScore); see :func:`center_crop`. ``resize_size``: the shortest edge before the crop
+    (``mode="crop"``; None: ``size``, as every CLIP default).
     """
 
     size: int = 224
@@ -99,12 +100,13 @@ class ImageTransform:
     interpolation: Interpolation = "bicubic"
     fill: float = 0.0
     crop_offset: CropOffset = "round"
+    resize_size: int | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``B×3×H×W`` in [0, 1] → normalized ``B×3×size×size`` (same dtype, differentiable)."""
         if self.mode == "crop":
-            images = center_crop(resize_shortest_edge(images, self.size, self.interpolation), self.size,
-                                 self.crop_offset)
+            images = center_crop(resize_shortest_edge(images, self.resize_size or self.size, self.interpolation),
+                                 self.size, self.crop_offset)
         elif self.mode == "letterbox":
             images = letterbox(images, self.size, self.fill, self.interpolation)
         else:

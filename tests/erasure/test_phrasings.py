@@ -1,6 +1,7 @@
 """A concept's phrasings (aliases, singular/plural forms) in training targets, surrogates, transport and SPM files."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from flowalign.errors import ConfigError
 from flowalign.models import load_model
 from flowalign.models.tiny import tiny_sd3_pipeline
 from flowalign.toy.prompts import parse_prompt, split_prompts
+
+TOY = Path(__file__).resolve().parents[2] / "assets" / "toy-sd3"
 
 
 @pytest.mark.parametrize("word,forms", [
@@ -141,3 +144,16 @@ def test_an_old_file_without_phrasings_loads_with_its_concept_as_only_phrasing(t
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
     with pytest.raises(ConfigError, match="bad.safetensors.*phrasings"):
         read_spm(tmp_path / "bad.safetensors")
+
+
+def test_toy_model_transport_reaches_plural_prompts_through_the_phrasings():
+    """On the shipped toy model (real CLIP BPE): every held-out prompt naming a triangle, singular or plural, gets
+    γ = 1 from the phrasings; the concept alone left plural-only prompts far below (issue 21: mean 0.34)."""
+    model = load_model(TOY, collapse_zero_padding=True)
+    held = [p for p in split_prompts("heldout") if parse_prompt(p).names("triangle")]
+    plural_only = [p for p in held if "triangle" not in p.split()]
+    assert len(plural_only) >= 5
+    gamma = FacilitatedTransport(model, [phrasing.phrasings("triangle")])(held)[:, 0]
+    assert gamma.min() == 1.0
+    alone = FacilitatedTransport(model, ["triangle"])(plural_only)[:, 0]
+    assert alone.mean() < 0.6

@@ -4,8 +4,9 @@
 on/off state and every parameter's ``requires_grad`` flag on exit (peft's own toggle changes both).
 
 ``SnapshotPool`` keeps copies (on the CPU) of the trainable tensors of a module, SePPO-style: entry 0 is the
-base model — the adapter disabled, or, for a module without an adapter (full fine-tuning), a copy of its
-trainable tensors taken when the pool is made — followed by snapshots added during training, oldest first.
+base model — the adapter disabled, with any trainable tensor outside the LoRA layers (e.g. a new conditioning
+embedding) at its value when the pool was made; for a module without an adapter (full fine-tuning), all
+trainable tensors at that value — followed by snapshots added during training, oldest first.
 ``with pool.loaded(i):`` puts entry i's tensors into the module and afterwards restores the live tensors
 exactly (the very same tensor objects). Eviction rule: the pool keeps the base and at most ``capacity``
 snapshots; adding one more drops the oldest snapshot (never the base), so the pool spans the base and the
@@ -79,7 +80,9 @@ class SnapshotPool:
         self.module = module
         self.capacity = capacity
         self._params = {n: params[n] for n in names}
-        self._base: dict[str, Tensor] | None = None if has_adapter(module) else self._copy_live()
+        self._base_disables_adapter = has_adapter(module)
+        lora = {n for n in names if "lora_" in n} if self._base_disables_adapter else set()
+        self._base = {n: t for n, t in self._copy_live().items() if n not in lora}
         self._snapshots: list[Snapshot] = []
         self._loaded = False
 
@@ -92,6 +95,7 @@ class SnapshotPool:
         return [None, *(s.step for s in self._snapshots)]
 
     def _copy_live(self) -> dict[str, Tensor]:
+        """CPU clones of every snapshotted tensor."""
         return {n: p.detach().to("cpu", copy=True) for n, p in self._params.items()}
 
     def add(self, step: int) -> int:
@@ -124,35 +128,37 @@ class SnapshotPool:
             raise RuntimeError("a snapshot is already loaded; pool.loaded(...) blocks cannot be nested")
         self._loaded = True
         try:
-            if index == 0 and self._base is None:
-                with adapter_disabled(self.module):
-                    yield
-            else:
-                with self._swapped_in(self._base if index == 0 else self._snapshots[index - 1].tensors):
-                    yield
+            with contextlib.ExitStack() as stack:
+                if index == 0 and self._base_disables_adapter:
+                    stack.enter_context(adapter_disabled(self.module))
+                tensors = self._base if index == 0 else self._snapshots[index - 1].tensors
+                stack.enter_context(self._swapped_in(tensors))
+                yield
         finally:
             self._loaded = False
 
     @contextlib.contextmanager
     def _swapped_in(self, tensors: dict[str, Tensor]) -> Iterator[None]:
-        """Point each parameter's ``.data`` at a copy of ``tensors`` and back at its own tensor afterwards: the
-        live values come back exactly (the same tensors), and graphs built before the block stay valid (no
+        """Point each named parameter's ``.data`` at a copy of ``tensors`` and back at its own tensor afterwards:
+        the live values come back exactly (the same tensors), and graphs built before the block stay valid (no
         in-place change of a tensor autograd saved)."""
-        live = {n: p.data for n, p in self._params.items()}
+        live = {n: self._params[n].data for n in tensors}
         try:
-            for n, p in self._params.items():
-                p.data = tensors[n].to(p.device, copy=True)
+            for n, t in tensors.items():
+                self._params[n].data = t.to(self._params[n].device, copy=True)
             yield
         finally:
-            for n, p in self._params.items():
-                p.data = live[n]
+            for n, t in live.items():
+                self._params[n].data = t
 
     # --- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Tensors and plain data: capacity, parameter names, the base copy (None with an adapter), snapshots."""
+        """Tensors and plain data: capacity, parameter names, whether the base disables an adapter, the base's
+        stored tensors, the snapshots."""
         return {
             "capacity": self.capacity,
             "names": list(self._params),
+            "base_disables_adapter": self._base_disables_adapter,
             "base": self._base,
             "snapshots": [{"step": s.step, "tensors": s.tensors} for s in self._snapshots],
         }
@@ -162,25 +168,31 @@ class SnapshotPool:
         if list(state["names"]) != list(self._params):
             raise ConfigError("snapshot pool checkpoint was saved for other parameters: "
                               f"{sorted(set(state['names']) ^ set(self._params))[:3]} differ")
-        if (state["base"] is None) != (self._base is None):
-            raise ConfigError("snapshot pool checkpoint and module disagree on whether the base is an adapter-off "
-                              "model or a stored copy (LoRA vs full fine-tuning)")
-        entries = ([state["base"]] if state["base"] is not None else []) + [s["tensors"] for s in state["snapshots"]]
-        for tensors in entries:
-            for n, p in self._params.items():
-                t = tensors[n]
+        if bool(state["base_disables_adapter"]) != self._base_disables_adapter:
+            raise ConfigError("snapshot pool checkpoint and module disagree on whether the base disables a LoRA "
+                              "adapter (LoRA vs full fine-tuning)")
+        if set(state["base"]) != set(self._base):
+            raise ConfigError(f"snapshot pool checkpoint stores base tensors {sorted(state['base'])[:3]}, this pool "
+                              f"{sorted(self._base)[:3]}")
+        for i, snapshot in enumerate(state["snapshots"], start=1):
+            if set(snapshot["tensors"]) != set(self._params):
+                raise ConfigError(f"snapshot pool checkpoint: entry {i} lacks or adds tensors "
+                                  f"{sorted(set(snapshot['tensors']) ^ set(self._params))[:3]}")
+        for tensors in [state["base"], *(s["tensors"] for s in state["snapshots"])]:
+            for n, t in tensors.items():
+                p = self._params[n]
                 if t.shape != p.shape or t.dtype != p.dtype:
                     raise ConfigError(f"snapshot pool checkpoint: {n} is {tuple(t.shape)} {t.dtype}, "
                                       f"the module's is {tuple(p.shape)} {p.dtype}")
         self.capacity = int(state["capacity"])
-        self._base = state["base"]
+        self._base = dict(state["base"])
         self._snapshots = [Snapshot(int(s["step"]), dict(s["tensors"])) for s in state["snapshots"]]
 
 
 @contextlib.contextmanager
 def using_reference(model: FlowModel, pool: SnapshotPool | None = None, index: int = 0) -> Iterator[None]:
-    """Run the block on the reference: the base model (adapter disabled) when ``pool`` is None, else the pool's
-    entry ``index``."""
+    """Run the block on the reference: the adapter disabled when ``pool`` is None (trainable tensors outside the
+    LoRA layers keep their live values; a pool's entry 0 resets them too), else the pool's entry ``index``."""
     if pool is None:
         with adapter_disabled(model.trainable_module()):
             yield

@@ -94,6 +94,22 @@ def test_pool_entries_reproduce_their_weights_and_live_weights_come_back_exactly
     assert torch.equal(setup.v(), live_v)
 
 
+def test_pool_base_also_resets_trainable_tensors_outside_the_adapter(setup):
+    """E.g. a new conditioning embedding trained next to the LoRA: the base entry puts back its initial value."""
+    extra = setup.model.transformer.context_embedder.bias
+    extra.requires_grad_(True)
+    pool = SnapshotPool(setup.model.transformer, capacity=1)
+    assert list(pool.state_dict()["base"]) == ["context_embedder.bias"]  # LoRA tensors: disabled, not stored
+    perturb(setup.params, 1)
+    perturb([extra], 2, scale=0.5)
+    changed = extra.detach().clone()
+    with pool.loaded(0):
+        assert torch.equal(setup.v(), setup.base_v)
+    assert torch.equal(extra, changed)
+    # the adapter switched off alone keeps the live embedding
+    assert not torch.equal(reference_velocity(setup.model, setup.x, 0.6, setup.cond, setup.geometry), setup.base_v)
+
+
 def test_a_graph_built_before_loading_a_snapshot_still_backpropagates(setup):
     perturb(setup.params, 1)
     pool = SnapshotPool(setup.model.transformer, capacity=2)

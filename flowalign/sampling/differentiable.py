@@ -86,6 +86,10 @@ def differentiable_rollout(
         raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
     if grad_steps is not None and not 1 <= grad_steps <= num_steps:
         raise ConfigError(f"grad_steps must lie in [1, num_steps={num_steps}] or be None (all), got {grad_steps}")
+    expected = model.latent_shape(geometry)
+    if tuple(noise.shape[1:]) != tuple(expected):
+        raise ConfigError(f"noise has per-sample shape {tuple(noise.shape[1:])}, the model's latents at "
+                          f"{geometry.height}x{geometry.width} are {tuple(expected)}")
     if len(cond) != noise.shape[0]:
         raise ValueError(f"conditioning has {len(cond)} rows but the noise batch has {noise.shape[0]}")
     if dynamics.is_stochastic and (generators is None or len(generators) != noise.shape[0]):

@@ -166,5 +166,8 @@ def test_bad_arguments_are_rejected():
     noise = setup.model.initial_noise(setup.geometry, make_generators(SEEDS))
     with pytest.raises(ConfigError, match="one generator per sample"):
         differentiable_rollout(setup.model, setup.cond, setup.geometry, noise, STEPS, dynamics=SDE)
+    with pytest.raises(ConfigError, match="per-sample shape"):
+        differentiable_rollout(setup.model, setup.cond, setup.geometry, noise[:, :2], STEPS, dynamics=SDE,
+                               generators=make_generators(SEEDS))
     with pytest.raises(ValueError, match="base means"):
         setup.run().kl()

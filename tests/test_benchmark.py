@@ -24,7 +24,7 @@ ARCHS = sorted((ROOT / "configs" / "models").glob("*.json"))
 def test_every_family_has_an_architecture_file():
     pipelines = {json.loads(p.read_text())["pipeline"] for p in ARCHS}
     assert pipelines == {"StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline", "QwenImagePipeline",
-                         "WanImageToVideoPipeline"}
+                         "WanImageToVideoPipeline", "Flux2KleinPipeline"}
 
 
 @pytest.mark.parametrize("path", ARCHS, ids=lambda p: p.stem)
@@ -47,9 +47,10 @@ def test_arch_full_size_parameter_counts_on_meta():
     """The published configs give the published sizes (built on the meta device: no memory)."""
     # qwen-image: the "20B MMDiT" of the Qwen/Qwen-Image model card (20.43B counted from its transformer config);
     # wan2.1-i2v-14b-480p: the "14B" of the name is the T2V-14B backbone; the I2V transformer adds image
-    # cross-attention k/v (40 blocks x 2 x 5120^2) for the 16.4B its checkpoint holds
+    # cross-attention k/v (40 blocks x 2 x 5120^2) for the 16.4B its checkpoint holds; flux2-klein-base-4b: the
+    # "4B" of FLUX.2 [klein] 4B (3.88B counted: 5 double + 20 single blocks of width 3072)
     expected = {"sd3.5-medium": 2.24e9, "flux-dev": 11.90e9, "wan2.1-t2v-1.3b": 1.42e9, "qwen-image": 20.4e9,
-                "wan2.1-i2v-14b-480p": 16.39e9}
+                "wan2.1-i2v-14b-480p": 16.39e9, "flux2-klein-base-4b": 3.88e9}
     for path in ARCHS:
         spec = load_arch_spec(path)
         pipeline = build_arch_pipeline(spec, device="meta", dtype=torch.bfloat16)
@@ -110,4 +111,5 @@ def test_run_benchmark_end_to_end_tiny_sd3():
 
 def test_adapter_for_every_arch_pipeline():
     for path in ARCHS:
-        assert adapter_class(json.loads(path.read_text())["pipeline"]).family in {"sd3", "flux", "wan", "qwen_image", "wan_i2v"}
+        family = adapter_class(json.loads(path.read_text())["pipeline"]).family
+        assert family in {"sd3", "flux", "wan", "qwen_image", "wan_i2v", "flux2_klein"}

@@ -13,7 +13,7 @@ import contextlib
 import copy
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from flowalign.errors import ConfigError
 from flowalign.models.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 PIPELINES = {"StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline", "QwenImagePipeline",
-             "WanImageToVideoPipeline"}
+             "WanImageToVideoPipeline", "Flux2KleinPipeline"}
 COMPONENTS = ("transformer", "vae", "scheduler")
 #: optional components: an image encoder (transformers class, full size) with its ``processor`` settings
 #: (a ``CLIPImageProcessor`` sized to the encoder's ``image_size``), for image-conditioned pipelines
@@ -51,6 +51,8 @@ class ArchSpec:
     components: dict[str, dict[str, Any]]  # transformer, vae, scheduler
     text_encoders: dict[str, dict[str, Any]]
     path: str | None = None
+    #: keyword arguments for the family's adapter (e.g. which text-encoder layers the shortened encoder has)
+    adapter_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def load_arch_spec(path: str | Path, *, scale_down: bool = False,
@@ -101,7 +103,7 @@ def parse_arch_spec(raw: dict, *, scale_down: bool = False, overrides: dict | No
         if "class" not in entry or "config" not in entry:
             raise ConfigError(f"{where}: component {name!r} needs 'class' and 'config'")
     return ArchSpec(raw["name"], raw["source"], raw["pipeline"], raw.get("note", ""), defaults, components,
-                    encoders, path)
+                    encoders, path, dict(raw.get("adapter_kwargs", {})))
 
 
 @contextlib.contextmanager

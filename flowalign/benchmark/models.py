@@ -14,7 +14,8 @@ from flowalign.models.loading import adapter_class, read_model_index
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: guidance scale each family is usually sampled with (Flux: the embedded guidance, no CFG)
-FAMILY_GUIDANCE = {"sd3": 4.5, "flux": 3.5, "wan": 5.0, "qwen_image": 4.0, "wan_i2v": 5.0}
+FAMILY_GUIDANCE = {"sd3": 4.5, "flux": 3.5, "wan": 5.0, "qwen_image": 4.0, "wan_i2v": 5.0,
+                   "flux2_klein": 4.0}
 #: name → (builder, default geometry, guidance scale as the real family is sampled)
 TINY = {
     "tiny-sd3": ("tiny_sd3_pipeline", Geometry(32, 32), 4.5),
@@ -22,6 +23,7 @@ TINY = {
     "tiny-wan": ("tiny_wan_pipeline", Geometry(32, 32, 9), 5.0),
     "tiny-qwen-image": ("tiny_qwen_image_pipeline", Geometry(32, 32), 4.0),
     "tiny-wan-i2v": ("tiny_wan_i2v_pipeline", Geometry(32, 32, 9), 5.0),
+    "tiny-flux2-klein": ("tiny_flux2_klein_pipeline", Geometry(32, 32), 4.0),
 }
 
 
@@ -54,9 +56,9 @@ def _adapter_kwargs(family: str, geometry: Geometry | None) -> dict:
     return kwargs
 
 
-def _wrap(pipeline, device: torch.device, geometry: Geometry | None = None) -> FlowModel:
+def _wrap(pipeline, device: torch.device, geometry: Geometry | None = None, extra: dict | None = None) -> FlowModel:
     cls = adapter_class(type(pipeline).__name__)
-    return cls(pipeline, device=device, **_adapter_kwargs(cls.family, geometry))
+    return cls(pipeline, device=device, **_adapter_kwargs(cls.family, geometry), **(extra or {}))
 
 
 def build_bench_model(model: str | None = None, arch: str | None = None, *, device: str | torch.device = "cpu",
@@ -82,7 +84,8 @@ def build_bench_model(model: str | None = None, arch: str | None = None, *, devi
                 f"({used / 1e9:.2f}B of {full / 1e9:.2f}B params): prompt embeddings are cached in training, "
                 f"so text-encoder cost is not measured and peak memory excludes the missing "
                 f"{(full - used) * torch.finfo(dtype).bits / 8 / 2**30:.1f} GiB of text-encoder weights")
-        return BenchModel(_wrap(pipeline, device, geometry), f"{spec.name} ({spec.source}){changed}", geometry,
+        return BenchModel(_wrap(pipeline, device, geometry, spec.adapter_kwargs),
+                          f"{spec.name} ({spec.source}){changed}", geometry,
                           float(d.get("guidance_scale", 1.0)), d.get("steps"), [note],
                           {"arch": spec.path, "source": spec.source, "scale_down": scale_down,
                            "overrides": overrides or {},

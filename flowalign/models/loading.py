@@ -20,6 +20,7 @@ ADAPTERS: dict[str, str] = {
     "WanPipeline": "flowalign.models.wan:WanModel",
     "QwenImagePipeline": "flowalign.models.qwen_image:QwenImageModel",
     "WanImageToVideoPipeline": "flowalign.models.wan_i2v:WanImageToVideoModel",
+    "Flux2KleinPipeline": "flowalign.models.flux2:Flux2KleinModel",
 }
 
 

@@ -22,10 +22,14 @@ from trainer_helpers import Redness, tiny_config  # noqa: E402
 PROMPTS = ["a red circle", "two blue squares left of a green triangle"]
 
 
-def ode_final(model, geometry: Geometry, steps: int = 3, guidance_scale: float = 1.0, prompts=PROMPTS):
+def ode_final(model, geometry: Geometry, steps: int = 3, guidance_scale: float = 1.0, prompts=PROMPTS,
+              dynamics: str = "ode"):
+    """The final latents of a noise-level-0 rollout (every dynamics is then the ODE) from seeds 0, 1, ..."""
     cond = model.encode_prompts(prompts, with_negative=model.uses_cfg(guidance_scale))
-    return rollout(model, cond, geometry, num_steps=steps, dynamics=DynamicsConfig("ode", 0.0),
-                   generators=make_generators(range(len(prompts))), guidance_scale=guidance_scale).final
+    traj = rollout(model, cond, geometry, num_steps=steps, dynamics=DynamicsConfig(dynamics, 0.0),
+                   generators=make_generators(range(len(prompts))), guidance_scale=guidance_scale)
+    assert not traj.trainable.any()
+    return traj.final
 
 
 def max_on_policy_log_ratio(model, geometry: Geometry, guidance_scale: float = 1.0) -> float:
@@ -36,6 +40,8 @@ def max_on_policy_log_ratio(model, geometry: Geometry, guidance_scale: float = 1
     traj = rollout(model, cond, geometry, num_steps=4, dynamics=DynamicsConfig("flow_sde", 0.7, "mean"),
                    generators=make_generators(range(4)), group_size=2, window=SDEWindow(1, 2),
                    share_initial_noise=True, guidance_scale=guidance_scale)
+    assert torch.equal(traj.latents[0, :2], traj.latents[1, :2])  # a group shares its ODE prefix (step 0)
+    assert not torch.equal(traj.latents[0, 2], traj.latents[1, 2])  # and splits in the SDE window
     rows = model.encode_prompts(traj.prompts, with_negative=cfg)
     samples, steps = traj.trainable_pairs()
     assert sorted(set(steps.tolist())) == [1, 2]

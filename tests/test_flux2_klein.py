@@ -50,6 +50,13 @@ def test_ode_reproduces_the_pipeline(pipe, model, guidance):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dynamics", ["flow_sde", "dance_sde", "cps"])
+def test_every_dynamics_at_noise_zero_is_the_pipelines_ode(pipe, model, dynamics):
+    """Tolerance: exact (noise level 0 makes each SDE step the Euler step)."""
+    got = model._unpack(ode_final(model, GEOMETRY, 3, dynamics=dynamics), GEOMETRY)
+    assert torch.equal(got, pipeline_output(pipe, 1.0))
+
+
 def test_step_distilled_klein_ignores_guidance():
     """``is_distilled``: no CFG at any guidance_scale, as in the pipeline. Tolerance: exact."""
     distilled = tiny_flux2_klein_pipeline(seed=0, is_distilled=True)

@@ -43,6 +43,12 @@ def test_ode_reproduces_the_pipeline_without_cfg(pipe, model):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("dynamics", ["flow_sde", "dance_sde", "cps"])
+def test_every_dynamics_at_noise_zero_is_the_pipelines_ode(pipe, model, dynamics):
+    """Tolerance: exact (noise level 0 makes each SDE step the Euler step)."""
+    assert torch.equal(ode_final(model, GEOMETRY, 3, dynamics=dynamics), pipeline_latents(pipe, 3, true_cfg_scale=1.0))
+
+
 def test_true_cfg_with_negative_prompt_reproduces_the_pipeline(pipe, model):
     """Batched [negative; prompt] forward vs the pipeline's two forwards, with its per-token norm rescale.
     Tolerance 1e-5: the batched call pads each negative to the longest of both prompt sets (masked), so

@@ -62,6 +62,12 @@ def test_ode_reproduces_the_pipeline(pipe, model, guidance):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dynamics", ["flow_sde", "dance_sde", "cps"])
+def test_every_dynamics_at_noise_zero_is_the_pipelines_ode(pipe, model, dynamics):
+    """Tolerance: exact (noise level 0 makes each SDE step the Euler step)."""
+    assert torch.equal(ode_final(model, GEOMETRY, 3, dynamics=dynamics), pipeline_latents(pipe, 1.0))
+
+
 def test_decode_gives_the_pipelines_frames(pipe, model):
     """decode(our latents) == the pipeline's output_type="pt" frames. Tolerance 1e-6 (same ops; observed exact)."""
     expected = pipeline_latents(pipe, 1.0, steps=2, output_type="pt")

@@ -11,7 +11,7 @@ from flowalign.errors import ConfigError, UnsupportedModelError
 from flowalign.models import Geometry, load_model
 from flowalign.models.flux2 import Flux2KleinModel
 from flowalign.models.tiny import tiny_flux2_klein_pipeline
-from flowalign.sampling import DynamicsConfig, make_generators, rollout
+from flowalign.sampling import make_generators
 from flowalign.training.config import ModelConfig
 
 from family_checks import PROMPTS, lora_round_trip, max_on_policy_log_ratio, ode_final, one_training_step

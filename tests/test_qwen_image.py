@@ -10,7 +10,7 @@ from flowalign.errors import ConfigError, UnsupportedModelError
 from flowalign.models import Geometry, load_model
 from flowalign.models.qwen_image import QwenImageModel
 from flowalign.models.tiny import tiny_qwen_image_pipeline
-from flowalign.sampling import make_generators
+from flowalign.sampling import DynamicsConfig, make_generators, rollout
 from flowalign.training.config import ModelConfig
 
 from family_checks import PROMPTS, lora_round_trip, max_on_policy_log_ratio, ode_final, one_training_step
@@ -55,8 +55,6 @@ def test_true_cfg_with_negative_prompt_reproduces_the_pipeline(pipe, model):
     attention reductions run over different padded lengths (float32 rounding, observed ≤ 1e-6)."""
     expected = pipeline_latents(pipe, 3, true_cfg_scale=4.0, negative_prompt=NEGATIVES)
     cond = model.encode_prompts(PROMPTS, NEGATIVES)
-    from flowalign.sampling import DynamicsConfig, rollout
-
     before = model.transformer_calls
     got = rollout(model, cond, GEOMETRY, num_steps=3, dynamics=DynamicsConfig("ode", 0.0),
                   generators=make_generators([0, 1]), guidance_scale=4.0).final
@@ -109,10 +107,14 @@ def test_saved_lora_loads_with_the_pipelines_loader(tmp_path):
     torch.testing.assert_close(reloaded, trained, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_one_training_step_changes_only_the_adapter(tmp_path, guidance):
+@pytest.mark.parametrize("guidance, algorithm", [(1.0, "grpo_guard"), (2.0, "grpo")])
+def test_one_training_step_changes_only_the_adapter(tmp_path, guidance, algorithm):
+    """GRPO-Guard (the trainer's default) without CFG, GRPO with true CFG."""
+    from flowalign.algorithms.grpo import GRPOConfig
+
     changed, summary = one_training_step(tiny_qwen_image_pipeline(seed=0), tmp_path,
                                          ModelConfig(path="unused", height=32, width=32),
+                                         algorithm=GRPOConfig() if algorithm == "grpo" else None,
                                          guidance_scale=guidance)
     assert changed, "nothing was trained"
     assert all("lora_" in k for k in changed), sorted(k for k in changed if "lora_" not in k)[:5]

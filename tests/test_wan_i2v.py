@@ -12,7 +12,7 @@ from flowalign.errors import ConfigError, UnsupportedModelError
 from flowalign.models import Geometry, load_model
 from flowalign.models.tiny import tiny_wan_i2v_pipeline
 from flowalign.models.wan_i2v import WanImageToVideoModel
-from flowalign.sampling import make_generators
+from flowalign.sampling import DynamicsConfig, make_generators, rollout
 from flowalign.training.config import ModelConfig
 
 from family_checks import PROMPTS, lora_round_trip, max_on_policy_log_ratio, ode_final, one_training_step
@@ -51,8 +51,6 @@ def test_ode_reproduces_the_pipeline(pipe, model, guidance):
     pipeline's two forwards (float32 rounding, observed 3.3e-6)."""
     expected = pipeline_latents(pipe, guidance)
     cond = model.encode_prompts(PROMPTS, NEGATIVES)
-    from flowalign.sampling import DynamicsConfig, rollout
-
     got = rollout(model, cond, GEOMETRY, num_steps=3, dynamics=DynamicsConfig("ode", 0.0),
                   generators=make_generators([0, 1]), guidance_scale=guidance).final
     assert got.shape == expected.shape == (2, 4, 3, 4, 4)

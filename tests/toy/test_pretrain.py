@@ -34,8 +34,10 @@ def test_same_seed_same_first_losses(tmp_path):
     b = losses(CFG, tmp_path / "b")
     c = losses(replace(CFG, seed=4), tmp_path / "c")
     assert len(a) == 5 and all(math.isfinite(v) for v in a)
-    assert a == b and a != c
-    # the logged losses are the losses of the model the steps start from: recomputed independently of run()
+    assert a == b and a != c  # exact by construction: the same seed, threads and arithmetic in one process
+    # the logged losses are the losses of the model the steps start from: recomputed independently of run(), by a
+    # fresh instance or from the checkpoint run() wrote (weights copied into the same modules: observed exact);
+    # rel 1e-6 allows for float32 rounding only, each optimiser step moves these losses by >= 5%
     with torch.no_grad():
         assert a[0] == pytest.approx(float(Pretrainer(CFG, tmp_path / "fresh", log=lambda s: None).vae_loss(0)),
                                      rel=1e-6)
@@ -51,6 +53,7 @@ def test_resume_continues_the_same_run(tmp_path):
     t.save_checkpoint()
     resumed = Pretrainer(CFG, tmp_path / "part", log=lambda s: None)
     assert resumed.flow_step == 1
+    # resume in the same process: observed exact; rel 1e-6 is float32 rounding, far below a step's change (>= 5%)
     assert [r["loss"] for r in resumed.run()] == pytest.approx(full, rel=1e-6)
 
 
@@ -96,7 +99,7 @@ def test_foreground_weight_changes_only_the_flow_loss(tmp_path, monkeypatch):
     plain = losses(CFG, tmp_path / "plain")
     cfg = replace(CFG, foreground_weight=4.0)
     weighted = losses(cfg, tmp_path / "weighted")
-    assert weighted[:2] == plain[:2]  # the VAE phase is untouched
+    assert weighted[:2] == plain[:2]  # the VAE phase is untouched (exact: it never reads foreground_weight)
     assert weighted[2:] != plain[2:] and all(math.isfinite(v) for v in weighted)
     # the first weighted flow loss is the weight-normalised mean of the plain loss's squared errors
     t, recomputed = flow_loss_after_vae_phase(cfg, tmp_path / "weighted")
@@ -188,6 +191,7 @@ def test_init_from_continues_an_exported_pipeline(tmp_path):
     exported = source.ema_pipeline()
     for name in ("transformer", "vae"):
         for key, value in getattr(exported, name).state_dict().items():
+            # exact by construction: export and init_from copy the tensors' bytes
             assert torch.equal(getattr(t.pipe, name).state_dict()[key], value), (name, key)
     assert t.pipe.vae.config.scaling_factor == source.pipe.vae.config.scaling_factor
     # the first continued loss is flow step 3 of the data stream, on the exported weights

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from flowalign.errors import ConfigError
 from flowalign.erasure.membrane import SPMNetwork
 from flowalign.erasure.train import inference_guidance
 from flowalign.erasure.transport import FacilitatedTransport
@@ -68,31 +69,51 @@ def _concept_clauses(reward, images: Tensor, prompts: list[str], concepts: Seque
     return out
 
 
+def _part(spm: SPMNetwork, transport: FacilitatedTransport | None, prompts: list[str], before: Tensor,
+          after: Tensor, reward, erase_component: str | None) -> dict:
+    """The metrics of one group of images (B, 3, H, W) of ``prompts``, original and with the SPM."""
+    part = {"num_prompts": len(prompts), "pixel_mad": float((after - before).abs().mean())}
+    if transport is not None:
+        part["mean_gamma"] = float(transport(prompts).max(dim=1).values.mean())
+    if reward is not None:
+        for tag, images in (("original", before), ("spm", after)):
+            result = reward(images, prompts)
+            part[f"reward_{tag}"] = _mean(result.scores)
+            if erase_component and erase_component in (result.components or {}):
+                part[f"{erase_component}_{tag}"] = _mean(result.components[erase_component])
+            part |= _concept_clauses(reward, images, prompts, spm.concepts, tag)
+    return part
+
+
 def erasure_report(model: FlowModel, spm: SPMNetwork, transport: FacilitatedTransport | None,
                    target_prompts: Sequence[str], other_prompts: Sequence[str], *, reward=None,
                    erase_component: str | None = "color", steps: int = 20, guidance_scale: float | None = 1.0,
-                   seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None) -> dict:
+                   seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None,
+                   repeats: int = 1, target_groups: dict[str, Sequence[str]] | None = None) -> dict:
     """Metrics of an attached ``spm`` on ``model``; ``reward`` is a RewardModel (e.g. build_reward("shapes"));
-    ``guidance_scale`` None: the pipeline's default."""
+    ``guidance_scale`` None: the pipeline's default. ``repeats``: images per prompt (the prompt list repeated,
+    image i at seed ``seed + i``; ``num_prompts`` counts images). ``target_groups``: named subsets of the target
+    prompts, reported as ``target_<name>`` from the same images."""
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
     guidance_scale = inference_guidance(model) if guidance_scale is None else guidance_scale
     kw = dict(steps=steps, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, height=height,
               width=width)
-    report: dict = {"concepts": spm.concepts, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}
-    for name, prompts in (("target", list(target_prompts)), ("preserve", list(other_prompts))):
+    report: dict = {"concepts": spm.concepts, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+                    "repeats": repeats}
+    for name, prompts in (("target", list(target_prompts) * repeats), ("preserve", list(other_prompts) * repeats)):
         if not prompts:
             continue
         with spm.disabled():
             before = generate(model, prompts, **kw)
         after = generate(model, prompts, spm=spm, transport=transport, **kw)
-        part = {"num_prompts": len(prompts), "pixel_mad": float((after - before).abs().mean())}
-        if transport is not None:
-            part["mean_gamma"] = float(transport(prompts).max(dim=1).values.mean())
-        if reward is not None:
-            for tag, images in (("original", before), ("spm", after)):
-                result = reward(images, prompts)
-                part[f"reward_{tag}"] = _mean(result.scores)
-                if erase_component and erase_component in (result.components or {}):
-                    part[f"{erase_component}_{tag}"] = _mean(result.components[erase_component])
-                part |= _concept_clauses(reward, images, prompts, spm.concepts, tag)
-        report[name] = part
+        report[name] = _part(spm, transport, prompts, before, after, reward, erase_component)
+        for group, members in (target_groups or {}).items() if name == "target" else ():
+            unknown = set(members) - set(target_prompts)
+            if unknown:
+                raise ConfigError(f"target group {group!r} has prompts that are not targets: {sorted(unknown)[:3]}")
+            rows = [i for i, p in enumerate(prompts) if p in set(members)]
+            if rows:
+                report[f"target_{group}"] = _part(spm, transport, [prompts[i] for i in rows], before[rows],
+                                                  after[rows], reward, erase_component)
     return report

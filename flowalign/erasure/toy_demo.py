@@ -4,8 +4,9 @@ Prompts come from the toy world's fixed splits. Training: targets = the train pr
 phrasing (a shape: singular and plural; surrogate: the prompt without it), anchors = the other train prompts, the
 empty prompt and one random direction per step; partial sampling at guidance 1.0, the toy model's inference
 guidance. Evaluation: up to ``--eval-prompts`` held-out prompts naming the concept and as many that do not (seeded
-draw), seeds 0.., Euler ODE, guidance 1.0; for a shape also the held-out prompts naming it in the singular only and
-in the plural, separately. Writes OUT/<concept>.safetensors, OUT/eval.json (erasure reports + timing) and
+draw), ``--repeats`` seeds per prompt (image i: seed i), Euler ODE, guidance 1.0; for a shape also the held-out
+prompts naming it in the singular only and in the plural, from the same images. ``--spm FILE`` evaluates a trained
+file instead of training. Writes OUT/<concept>.safetensors, OUT/eval.json (erasure reports + timing) and
 OUT/grid.png (top: original, bottom: SPM; left half names the concept).
 
     python -m flowalign.erasure.toy_demo --concept triangle --out runs/erase-triangle
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-prompts", type=int, default=48, help="held-out prompts with and without the concept")
     ap.add_argument("--grid-prompts", type=int, default=4, help="per half of the grid")
     ap.add_argument("--steps", type=int, default=16, help="ODE steps of the evaluation")
+    ap.add_argument("--repeats", type=int, default=1, help="images (seeds) per evaluation prompt")
+    ap.add_argument("--spm", type=Path, default=None, help="evaluate this SPM file instead of training one")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/erase-toy"))
@@ -84,23 +87,24 @@ def main(argv: list[str] | None = None) -> None:
                          anchor_weight=args.anchor_weight, anchor_prompts=anchors, random_anchors=1,
                          anchors_per_step=2, target_prompts=targets, steps=args.train_steps, lr=args.lr,
                          num_inference_steps=10, guidance_scale=TOY_GUIDANCE, seed=args.seed)
-    spm_path = args.out / f"{args.concept}.safetensors"
-    start = time.perf_counter()
-    train_spm(model, config, spm_path)
-    train_s = time.perf_counter() - start
+    spm_path, train_s = args.spm or args.out / f"{args.concept}.safetensors", 0.0
+    if args.spm is None:
+        start = time.perf_counter()
+        train_spm(model, config, spm_path)
+        train_s = time.perf_counter() - start
 
     spm = load_spm(model, [spm_path])
     transport = FacilitatedTransport(model, spm.concepts if args.no_inflections else spm.phrasings)
-    kw = dict(reward=build_reward("shapes"), steps=args.steps, guidance_scale=TOY_GUIDANCE, seed=args.seed)
-    report = erasure_report(model, spm, transport, eval_with, eval_without, **kw)
     rows = [("target", f"naming {args.concept}"), ("preserve", f"without {args.concept}")]
+    groups = {}
     if args.concept in SHAPES:
-        singular, plural = plural_split(eval_with, args.concept)
-        for name, prompts in (("singular", singular), ("plural", plural)):
-            report[f"target_{name}"] = erasure_report(model, spm, transport, prompts, [], **kw)["target"]
-            rows.append((f"target_{name}", f"… {args.concept} singular only" if name == "singular"
-                         else f"… {args.concept}s (plural)"))
-    report |= {"train_seconds": round(train_s, 1), "train_steps": args.train_steps, "threads": args.threads,
+        groups = dict(zip(("singular", "plural"), plural_split(eval_with, args.concept)))
+        rows += [("target_singular", f"… {args.concept} singular only"), ("target_plural", f"… {args.concept}s")]
+    report = erasure_report(model, spm, transport, eval_with, eval_without, reward=build_reward("shapes"),
+                            steps=args.steps, guidance_scale=TOY_GUIDANCE, seed=args.seed, repeats=args.repeats,
+                            target_groups=groups)
+    report |= {"spm": str(spm_path), "train_seconds": round(train_s, 1), "train_steps": args.train_steps,
+               "threads": args.threads,
                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
                "num_target_prompts": len(config.targets(0)), "num_anchor_prompts": len(anchors),
                "phrasings": spm.phrasings[0], "inflect": not args.no_inflections}
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     save_grid(torch.cat([before, after]), args.out / "grid.png", nrow=len(shown))
 
     key = f"concept[{args.concept}]"
-    print(f"trained {args.train_steps} steps in {train_s:.0f} s on {len(config.targets(0))} target prompts")
+    print(f"trained {args.train_steps} steps in {train_s:.0f} s on {len(config.targets(0))} target prompts"
+          if args.spm is None else f"evaluated {args.spm}")
     print(f"| held-out prompts | mean γ | pixel MAD | shapes reward orig → SPM | {key} clause orig → SPM |")
     for part, label in rows:
         print(_row(label, report[part], key))

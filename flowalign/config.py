@@ -21,6 +21,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from flowalign.errors import ConfigError
+from flowalign.resources import resolve
 from flowalign.utils.io import write_text
 
 T = TypeVar("T")
@@ -53,7 +54,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     that entry only."""
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a list of key=value strings, got the string {overrides!r}")
-    layers = _read_yaml(Path(path)) if path is not None else []
+    layers = _read_yaml(Path(resolve(path))) if path is not None else []  # shipped recipes from anywhere
     if data:
         layers.append(dict(data))
     stated: dict = {}  # all overrides first, so that their order never matters (e.g. a variant switch)

@@ -17,6 +17,7 @@ from importlib.metadata import PathDistribution
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -116,8 +117,7 @@ def test_the_installed_demo_runs_from_another_folder(installed):
 @pytest.mark.slow
 def test_the_installed_sample_command_uses_the_shipped_model(installed):
     work = installed.parent / "work"
-    # what `python -m flowalign.resources assets/toy-sd3` prints there (the previous test)
-    model = str(installed / "flowalign" / "_data" / "assets" / "toy-sd3")
+    model = "assets/toy-sd3"  # no such folder here: the shipped copy (flowalign.resources.resolve)
     out_dir = work / "samples"
     run([sys.executable, "-m", "flowalign", "sample", "--model", model, "--prompt", "two red circles",
          "--num-per-prompt", "2", "--steps", "2", "--out", str(out_dir)], work, installed)
@@ -125,6 +125,21 @@ def test_the_installed_sample_command_uses_the_shipped_model(installed):
     assert manifest["model"] == model and len(manifest["samples"]) == 2
     for name in ("00000.png", "00001.png", "grid.png"):
         assert (out_dir / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_installed_train_command_finds_the_shipped_recipe_model_and_prompt_file(installed):
+    """configs/toy_grpo.yaml (with its base), its model.path assets/toy-sd3 and a prompt file named relative to a
+    checkout, from a folder holding none of them."""
+    work = installed.parent / "work"
+    overrides = [o for o in QUICK_DEMO if not o.startswith("iterations=")]
+    out = run([sys.executable, "-m", "flowalign", "train", "configs/toy_grpo.yaml", "iterations=1", *overrides,
+               "output_dir=runs/shipped", "data.eval_prompts=assets/prompts/heldout.txt"], work, installed, timeout=600)
+    assert "outputs in runs/shipped" in out.stdout
+    assert (work / "runs" / "shipped" / "summary.json").is_file()
+    config = yaml.safe_load((work / "runs" / "shipped" / "config.yaml").read_text())
+    assert config["algorithm"]["name"] == "grpo" and config["lora"]["rank"] == 16  # the recipe, then its base
+    assert config["model"]["path"] == "assets/toy-sd3"  # recorded as written, found as shipped
 
 
 def constraint_pins() -> dict[str, str]:

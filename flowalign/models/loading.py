@@ -12,6 +12,7 @@ from diffusers import DiffusionPipeline
 
 from flowalign.errors import UnsupportedModelError
 from flowalign.models.base import FlowModel
+from flowalign.resources import resolve
 
 #: diffusers pipeline class name → "module:Adapter"
 ADAPTERS: dict[str, str] = {
@@ -58,7 +59,7 @@ def read_model_index(path: str | os.PathLike) -> dict:
 
 def load_pipeline(path: str | os.PathLike, torch_dtype: torch.dtype = torch.float32, **kwargs) -> DiffusionPipeline:
     """``from_pretrained`` on a local folder or a hub id, checking the family before any weight loads."""
-    path_str = str(path)
+    path_str = resolve(path)  # a missing relative path to shipped data means the shipped copy
     if Path(path_str).exists() or not _looks_like_hub_id(path_str):
         index = read_model_index(path_str)
         cls = adapter_class(index["_class_name"]).pipeline_class

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from flowalign.errors import ConfigError
+from flowalign.resources import resolve
 
 
 def _toy(split: str) -> list[str]:
@@ -44,7 +45,7 @@ def load_prompts(source: str) -> PromptSet:
     if source in BUILTIN:
         prompts = BUILTIN[source]()
         return PromptSet(prompts, [{} for _ in prompts])
-    path = Path(source)
+    path = Path(resolve(source))  # a missing relative path to shipped data means the shipped copy
     if not path.is_file():
         raise ConfigError(f"prompt file {source!r} does not exist (built-in sets: {', '.join(BUILTIN)})")
     if path.suffix == ".jsonl":

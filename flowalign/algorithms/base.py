@@ -1,26 +1,33 @@
-"""The plug-in interface every online RL method implements on top of the shared trainer.
+"""The method interface: every training method is one ``Algorithm`` on the shared ``Trainer``.
 
-A method is an ``Algorithm`` subclass registered under a name with ``@register_algorithm("name")``; its
-config is a dataclass subclass of ``AlgorithmConfig`` (selected in YAML by ``algorithm.name``). The trainer
-owns sampling, rewards, batching, optimisation, logging and checkpoints; a method supplies:
+A method is an ``Algorithm`` subclass registered with ``@register_algorithm("name")``; its config is a
+dataclass subclass of ``AlgorithmConfig`` (selected in YAML by ``algorithm.name``). A method states three things:
 
-- ``advantages(rewards, trajectory, valid)``: (B,) or (B, N) advantages from the rewards;
-- ``loss(batch)``: the scalar loss of one micro-batch of (sample, step) pairs and its metrics;
-- optional hooks (``on_rollout``) and extra state (``state_dict`` / ``load_state_dict``).
+- **what it samples**: online rollouts through ``Trainer.sample_iteration`` (optionally with ``RolloutHooks``
+  for guidance or per-step evaluation), or offline examples through ``Trainer.dataset_batch`` (set
+  ``uses_dataset = True``; the trainer then loads ``data.dataset``);
+- **which extra networks it trains**: built in ``setup(trainer)`` (auxiliary nets with their own optimizers,
+  snapshot pools), saved through ``state_dict``/``load_state_dict``, which go into every checkpoint;
+- **how it updates**: ``train_iteration(trainer, it) -> metrics``, using the trainer's services for the shared
+  parts: ``trainer.optimizer``/``trainer.params`` (the adapter), ``apply_update`` (multi-process gradient
+  averaging, clipping, the step and the EMA), ``reference_step``/``reference`` (the adapter disabled),
+  ``skip`` (an update skipped with its reason), ``reward_metrics``.
+
+The trainer owns everything else: model loading, LoRA, rewards, held-out evaluation, EMA, logging, samples
+counted, checkpoints and exact resume. docs/architecture.md walks through the interface.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, ClassVar
 
 from flowalign.errors import ConfigError
-from flowalign.sampling.dynamics import StepResult
-from flowalign.sampling.rollout import Trajectory
+
+if TYPE_CHECKING:
+    from flowalign.training.config import TrainConfig
+    from flowalign.training.trainer import Trainer
 
 
 @dataclass
@@ -29,27 +36,6 @@ class AlgorithmConfig:
 
     variants: ClassVar[dict[str, type]] = {}
     name: str = "grpo"
-
-
-@dataclass
-class PolicyBatch:
-    """One micro-batch of K (sample, step) transitions, new quantities with gradients.
-
-    ``new``: StepResult of the current policy (mean (K, ...) with grad, std (K,), log_prob (K,), sample = x').
-    ``old_mean`` (K, ...), ``old_log_prob`` (K,): from the rollout. ``advantages`` (K,).
-    ``ref_mean`` (K, ...) or None: reference policy's mean (for KL). ``sigma``/``sigma_next`` (K,).
-    ``step_idx`` (K,): which sampling step each pair is (for per-step statistics).
-    """
-
-    new: StepResult
-    old_mean: Tensor
-    old_log_prob: Tensor
-    advantages: Tensor
-    sigma: Tensor
-    sigma_next: Tensor
-    step_idx: Tensor
-    reduction: str
-    ref_mean: Tensor | None = None
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
@@ -67,22 +53,30 @@ def register_algorithm(name: str):
 
 
 class Algorithm(ABC):
+    """One training method (see the module docstring)."""
+
     Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
-    #: whether the trainer must compute the reference policy's mean for each pair
-    needs_reference: bool = False
+    #: whether the method reads offline examples (``data.dataset``) instead of, or besides, rollouts
+    uses_dataset: ClassVar[bool] = False
 
     def __init__(self, config: AlgorithmConfig):
         self.config = config
 
-    @abstractmethod
-    def advantages(self, rewards: Tensor, trajectory: Trajectory, valid: Tensor) -> Tensor:
-        """(B,) or (B, N) advantages for the trajectory's samples (0 where ``valid`` is False)."""
+    def validate(self, config: TrainConfig) -> None:
+        """Cheap checks of the whole run config, before any model loads; raise ``ConfigError``."""
+        if self.uses_dataset and not config.data.dataset:
+            raise ConfigError(f"algorithm {config.algorithm.name!r} trains on an offline dataset: set "
+                              "data.dataset (a .jsonl manifest of prompt/image lines, or toy:sft)")
+
+    def setup(self, trainer: Trainer) -> None:
+        """Build extra networks and state once the model, adapter and optimizer exist (before a resume)."""
 
     @abstractmethod
-    def loss(self, batch: PolicyBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Scalar loss of one micro-batch (mean over its pairs) and detached metrics."""
+    def train_iteration(self, trainer: Trainer, it: int) -> dict[str, float]:
+        """One iteration: sample, update, return scalar metrics (``trainer.skip`` for a skipped update)."""
 
     def state_dict(self) -> dict:
+        """Everything a resume needs besides the adapter and its optimizer (tensors, numbers, strings)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -94,4 +88,3 @@ def build_algorithm(config: AlgorithmConfig) -> Algorithm:
     if config.name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {config.name!r}; expected one of {', '.join(sorted(ALGORITHMS))}")
     return ALGORITHMS[config.name](config)
-

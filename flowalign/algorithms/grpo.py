@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from flowalign.algorithms.advantages import STD_SCOPES, group_advantages
-from flowalign.algorithms.base import Algorithm, AlgorithmConfig, PolicyBatch, register_algorithm
+from flowalign.algorithms.base import AlgorithmConfig, register_algorithm
+from flowalign.algorithms.policy_gradient import PolicyBatch, PolicyGradient
 from flowalign.errors import ConfigError
 from flowalign.sampling.dynamics import gaussian_log_ratio, kl_divergence
 from flowalign.sampling.rollout import Trajectory
@@ -52,7 +53,7 @@ def ppo_clip_loss(advantages: Tensor, log_ratio: Tensor, clip_range: float) -> t
 
 
 @register_algorithm("grpo")
-class GRPO(Algorithm):
+class GRPO(PolicyGradient):
     Config = GRPOConfig
 
     def __init__(self, config: GRPOConfig):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flowalign.algorithms.base import PolicyBatch, register_algorithm
+from flowalign.algorithms.base import register_algorithm
+from flowalign.algorithms.policy_gradient import PolicyBatch
 from flowalign.algorithms.grpo import GRPO, GRPOConfig
 from flowalign.errors import ConfigError
 from flowalign.sampling.dynamics import reduce_over_sample

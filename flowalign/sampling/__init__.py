@@ -1,7 +1,14 @@
 """Sampling: SDE/ODE dynamics with exact log-probs, σ schedules and batched rollouts."""
 
 from flowalign.sampling.dynamics import DYNAMICS, DynamicsConfig, StepResult, gaussian_log_prob, gaussian_log_ratio, kl_divergence, step
-from flowalign.sampling.rollout import Trajectory, concat_trajectories, make_generators, recompute_log_probs, rollout
+from flowalign.sampling.rollout import (
+    RolloutHooks,
+    Trajectory,
+    concat_trajectories,
+    make_generators,
+    recompute_log_probs,
+    rollout,
+)
 from flowalign.sampling.schedule import SDEWindow
 
 __all__ = [
@@ -17,5 +24,6 @@ __all__ = [
     "make_generators",
     "recompute_log_probs",
     "rollout",
+    "RolloutHooks",
     "step",
 ]

@@ -7,6 +7,7 @@ step are then computed once per group (P rows) and the batch branches to B rows 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,21 @@ class Trajectory:
         return samples.repeat_interleave(len(steps)), steps.repeat(self.batch_size)
 
 
+@dataclass
+class RolloutHooks:
+    """Callbacks into a rollout (both optional), for methods that guide or evaluate while sampling.
+
+    ``mean_shift(i, x, sigma, sigma_next, cond) -> Tensor | None``, on stochastic steps only: a shift added to
+    step i's sample, which becomes μ + shift + s·ε (e.g. a reward gradient, Euphonium's guidance); the recorded
+    log-prob and mean stay those of the unguided policy, log π(x' | x) under μ, so the trained policy is the
+    unguided one. ``cond`` has one row per row of ``x``. ``on_step(i, x, result, cond)``: called after every step
+    with its input and its ``StepResult`` (per-step evaluation, e.g. one-step x̂0 projections to score).
+    """
+
+    mean_shift: Callable[[int, Tensor, Tensor, Tensor, Conditioning], Tensor | None] | None = None
+    on_step: Callable[[int, Tensor, StepResult, Conditioning], None] | None = None
+
+
 def make_generators(seeds: list[int] | range, device: str | torch.device = "cpu") -> list[torch.Generator]:
     """One generator per sample (what makes a sample depend on its seed only, not on batch composition)."""
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
@@ -76,12 +92,13 @@ def rollout(
     group_size: int = 1,
     window: SDEWindow | None = None,
     share_initial_noise: bool = False,
+    hooks: RolloutHooks | None = None,
 ) -> Trajectory:
     """Sample ``group_size`` trajectories per prompt of ``cond`` (P rows) with ``dynamics``.
 
     ``generators``: one per output sample (B = P·G); sample i draws its SDE noise from generators[i] and,
     unless the group shares it, its initial noise too (a shared initial noise comes from the group's first).
-    Steps outside ``window`` (default: all steps) are ODE steps.
+    Steps outside ``window`` (default: all steps) are ODE steps. ``hooks``: see ``RolloutHooks``.
     """
     if num_steps < 1:
         raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
@@ -108,6 +125,12 @@ def rollout(
         v = model.velocity(x, sigmas[i], rows_cond, geometry, guidance_scale)
         result = step(dynamics if stochastic[i] else deterministic, v, x, sigmas[i], sigmas[i + 1],
                       generator=generators if stochastic[i] else None)
+        if hooks is not None and hooks.mean_shift is not None and stochastic[i]:
+            shift = hooks.mean_shift(i, x, sigmas[i], sigmas[i + 1], rows_cond)
+            if shift is not None:  # the guided sample, scored under the unguided mean
+                result = step(dynamics, v, x, sigmas[i], sigmas[i + 1], prev_sample=result.sample + shift)
+        if hooks is not None and hooks.on_step is not None:
+            hooks.on_step(i, x, result, rows_cond)
         records.append(result)
         x = result.sample
         latents.append(x)

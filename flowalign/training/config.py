@@ -40,11 +40,15 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Prompt sources: a built-in set (``toy:train``, ``toy:heldout``), a .txt file (one per line) or a .jsonl
-    file (``{"prompt": ..., other metadata}`` per line, metadata passed to the rewards)."""
+    file (``{"prompt": ..., other metadata}`` per line, metadata passed to the rewards). ``dataset``: offline
+    examples for methods that train on them (SFT, offline preference methods): a .jsonl manifest of
+    ``{"prompt": ..., "image": path relative to the manifest}`` lines, or ``toy:sft`` (rendered, verifier-perfect
+    scenes of the toy training prompts)."""
 
     train_prompts: str = "toy:train"
     eval_prompts: str = "toy:heldout"
     negative_prompt: str = ""
+    dataset: str | None = None
 
 
 @dataclass

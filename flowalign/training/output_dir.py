@@ -9,13 +9,14 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
+from flowalign.training.eval_images import EVAL_IMAGE_FILES
 from flowalign.errors import ConfigError
 from flowalign.training.checkpoint import CheckpointError, checkpoint_dir, list_checkpoints, resolve_resume
 from flowalign.training.metrics import METRICS_FILE
 
 #: what a run writes into its output folder (removed by ``overwrite``)
 RUN_OUTPUTS = ("checkpoints", "logs", "lora", "transformer", "report.html", "summary.json", "config.yaml",
-               "eval_before.png", "eval_after.png")
+               *EVAL_IMAGE_FILES)
 #: written into the folder when a run claims it: its outputs are then the trainer's to replace
 RUN_MARKER = ".flowalign-run"
 

@@ -1,12 +1,14 @@
-"""The one training loop of every online method (GRPO, GRPO-Guard, and the methods built on them).
+"""The one training loop of every method: the services a method uses and everything around its update.
 
-One iteration: prompts → group rollouts (chunked; decoding and rewards of a chunk overlap the next chunk's
-rollout) → rewards → ``algorithm.advantages`` → optimisation over shuffled (sample, step) micro-batches with
-``algorithm.loss`` (log-probs recomputed with gradients, many steps per forward) → EMA → metrics → periodic
-held-out evaluation (ODE sampling, fixed seeds) → atomic checkpoints. Multi-process runs (``accelerate
-launch``) shard prompts across processes (each normalises its own groups' advantages), gather rewards for the
-logged statistics, skip an update together when any process must, and average gradients weighted by each
-process's number of pairs (the per-pair mean over all processes).
+``Trainer`` owns the run: model and LoRA adapter, AdamW and EMA, rewards, the offline dataset when the method
+reads one, held-out evaluation (ODE sampling, fixed seeds), metrics (with the samples seen), atomic checkpoints
+of every trainable module, optimizer and method state, exact resume, the final model and the report. Each
+iteration calls ``algorithm.train_iteration(trainer, it)``; the method (``flowalign.algorithms``) uses the
+services below: ``sample_iteration``/``sample`` (group rollouts, chunked; decoding and rewards of a chunk overlap
+the next chunk's rollout; optional ``RolloutHooks``), ``dataset_batch``, ``reward_metrics``, ``micro_batches``,
+``apply_update``, ``reference``/``reference_step`` and ``skip``. Multi-process runs (``accelerate launch``)
+shard prompts across processes, gather rewards for the logged statistics, skip an update together when any
+process must, and average gradients weighted by each process's share (``apply_update``).
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from flowalign.algorithms import PolicyBatch, build_algorithm
-from flowalign.algorithms.advantages import signal_fraction
+from flowalign.algorithms import build_algorithm
 from flowalign.config import dump_yaml
 from flowalign.errors import ConfigError, FlowAlignError
 from flowalign.models import FlowModel, load_model
 from flowalign.sampling import (
     DynamicsConfig,
+    RolloutHooks,
     SDEWindow,
-    Trajectory,
+    StepResult,
     concat_trajectories,
     make_generators,
     recompute_log_probs,
@@ -43,13 +45,15 @@ from flowalign.sampling import (
 from flowalign.training import checkpoint as ckpt
 from flowalign.training.config import TrainConfig
 from flowalign.training.ema import EMA
+from flowalign.training.eval_images import save_eval_images
 from flowalign.training.lora import add_lora, load_lora_into, save_lora
 from flowalign.training.metrics import MetricsLogger
 from flowalign.training.output_dir import claim_output_dir
 from flowalign.training.prompts import load_prompts
+from flowalign.training.reference import adapter_disabled
 from flowalign.training.rewarding import AsyncScorer, ScoredBatch, build_rewards, concat, decode_and_score
 from flowalign.training.seeding import derive_seed, derived_generator
-from flowalign.utils.io import atomic_dir, save_grid, write_text
+from flowalign.utils.io import atomic_dir, write_text
 from reward_models.base import RewardModel, build_reward
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,9 +78,8 @@ class Trainer:
         self.train_set = load_prompts(config.data.train_prompts)
         self.eval_set = load_prompts(config.data.eval_prompts).head(config.eval.max_prompts)
         self.algorithm = build_algorithm(config.algorithm)
-        if self.algorithm.needs_reference and not config.lora.enabled:
-            raise ConfigError("a KL term (algorithm.kl_beta > 0) needs LoRA (lora.enabled: true): the reference "
-                              "policy is the transformer with its adapter disabled")
+        self.algorithm.validate(config)
+        self.dataset = load_dataset(config.data.dataset) if config.data.dataset else None
         self.reward = reward if reward is not None else build_rewards(config.reward)
         self.eval_metrics = {name: build_reward(name) for name in config.eval.metrics}
         self.accelerator = accelerator or Accelerator()
@@ -115,7 +118,10 @@ class Trainer:
         self.dynamics = config.sampling.dynamics_config
         self.iteration = 0
         self.skipped_in_a_row = 0
+        self.samples_seen = 0
+        self.wall_time_s = 0.0  # training and evaluation time over all sessions of this run (resumes add up)
         self.history: list[dict] = []
+        self.algorithm.setup(self)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         self.logger = MetricsLogger(self.out / "logs", tensorboard=config.logging.tensorboard,
@@ -129,6 +135,7 @@ class Trainer:
     def run(self) -> dict:
         """Train until ``config.iterations``; evaluates before training and at the end; returns the summary."""
         cfg = self.config
+        session_start, wall_before = time.perf_counter(), self.wall_time_s
         if self.iteration == 0 and not any(h.get("eval_at") == 0 for h in self.history):
             self._log(0, self.evaluate(tag="before"))
         bar = tqdm(range(self.iteration, cfg.iterations), initial=self.iteration, total=cfg.iterations,
@@ -139,6 +146,7 @@ class Trainer:
             if self.iteration % cfg.eval.every == 0 or self.iteration == cfg.iterations:
                 final = self.iteration == cfg.iterations
                 metrics.update(self.evaluate(tag="after" if final else None))
+            self.wall_time_s = wall_before + time.perf_counter() - session_start
             self._log(self.iteration, metrics)
             bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
                             img_s=f"{metrics.get('speed/rollout_images_per_s', 0):.1f}")
@@ -156,6 +164,7 @@ class Trainer:
         return summary
 
     def _log(self, step: int, metrics: dict) -> None:
+        metrics = {**metrics, "samples/seen": self.samples_seen}
         row = {"iteration": step, **{k: float(v) for k, v in metrics.items()}}
         if "eval/reward" in metrics:
             row["eval_at"] = step
@@ -164,33 +173,18 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- iteration
     def train_iteration(self, it: int) -> dict[str, float]:
-        cfg, s = self.config, self.config.sampling
+        """One iteration of the configured method (``algorithm.train_iteration``), timed."""
         start = time.perf_counter()
-        prompts, metadata = self.train_set.sample(s.prompts_per_iteration,
-                                                  derived_generator(cfg.seed, "prompts", it, self.rank))
-        traj, scored, cond = self.sample(prompts, metadata, it)
-        rollout_time = time.perf_counter() - start
-        rewards, valid = scored.rewards, scored.valid
-        metrics = self._reward_metrics(scored)
-        if not self._on_every_process(bool(valid.all())):
-            invalid = int(self.accelerator.reduce((~valid).sum().to(self.device), reduction="sum"))
-            return self._skip(it, f"{invalid} non-finite or invalid rewards", metrics)
-        advantages = self.algorithm.advantages(rewards, traj, valid)
-        train_start = time.perf_counter()
-        opt_metrics, pairs = self.optimize(traj, cond, advantages, it)
-        if opt_metrics is None:
-            return self._skip(it, "non-finite loss or gradient", metrics)
-        self.skipped_in_a_row = 0
-        metrics.update(opt_metrics)
-        metrics["advantage/nonzero_frac"] = signal_fraction(advantages)
-        metrics["speed/rollout_images_per_s"] = traj.batch_size * self.world / max(rollout_time, 1e-9)
-        metrics["speed/train_pairs_per_s"] = pairs * self.world / max(time.perf_counter() - train_start, 1e-9)
+        metrics = self.algorithm.train_iteration(self, it)
+        if not metrics.get("skipped"):
+            self.skipped_in_a_row = 0
         metrics["speed/iteration_s"] = time.perf_counter() - start
         if torch.cuda.is_available():
             metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics
 
-    def _reward_metrics(self, scored: ScoredBatch) -> dict[str, float]:
+    def reward_metrics(self, scored: ScoredBatch) -> dict[str, float]:
+        """Mean/std of the (gathered) rewards, the non-finite count and each component's mean."""
         rewards = self.accelerator.gather(scored.rewards.to(self.device)).float()
         finite = rewards[torch.isfinite(rewards)]
         metrics = {"reward/mean": float(finite.mean()) if finite.numel() else float("nan"),
@@ -200,7 +194,8 @@ class Trainer:
             metrics[f"reward/{key}"] = float(value[torch.isfinite(value)].mean()) if value.numel() else float("nan")
         return metrics
 
-    def _skip(self, it: int, why: str, metrics: dict) -> dict:
+    def skip(self, it: int, why: str, metrics: dict) -> dict:
+        """Record an iteration whose update was skipped; stop after ``max_skipped_iterations`` in a row."""
         self.skipped_in_a_row += 1
         metrics["skipped"] = 1.0
         tqdm.write(f"iteration {it}: skipped the update ({why}); {self.skipped_in_a_row} in a row")
@@ -221,8 +216,16 @@ class Trainer:
         return SDEWindow.random(s.num_steps, s.sde_window_size, low=low, high=high,
                                 generator=derived_generator(self.config.seed, "window", it))
 
-    def sample(self, prompts: list[str], metadata: list[dict], it: int):
-        """Group rollouts for ``prompts`` (chunked), rewards overlapped with the next chunk's rollout."""
+    def sample_iteration(self, it: int, hooks: RolloutHooks | None = None):
+        """This process's training prompts of iteration ``it`` and their group rollouts (see ``sample``)."""
+        s = self.config.sampling
+        prompts, metadata = self.train_set.sample(s.prompts_per_iteration,
+                                                  derived_generator(self.config.seed, "prompts", it, self.rank))
+        return self.sample(prompts, metadata, it, hooks=hooks)
+
+    def sample(self, prompts: list[str], metadata: list[dict], it: int, hooks: RolloutHooks | None = None):
+        """Group rollouts for ``prompts`` (chunked), rewards overlapped with the next chunk's rollout.
+        Returns (trajectory, scored rewards, conditioning with one row per sample); counts the samples seen."""
         s = self.config.sampling
         use_cfg = self.model.uses_cfg(s.guidance_scale)
         negative = self.config.data.negative_prompt
@@ -238,7 +241,8 @@ class Trainer:
                          for j in range(len(part) * s.group_size)]
                 traj = rollout(self.model, cond, self.geometry, num_steps=s.num_steps, dynamics=self.dynamics,
                                generators=make_generators(seeds, self.device), guidance_scale=s.guidance_scale,
-                               group_size=s.group_size, window=window, share_initial_noise=s.share_initial_noise)
+                               group_size=s.group_size, window=window, share_initial_noise=s.share_initial_noise,
+                               hooks=hooks)
                 trajectories.append(traj)
                 expanded_meta = [m for m in metadata[first : first + chunk] for _ in range(s.group_size)]
                 futures.append(scorer.submit(traj.final, self.geometry, traj.prompts, expanded_meta))
@@ -246,104 +250,48 @@ class Trainer:
         finally:
             scorer.close()
         traj = concat_trajectories(trajectories)
+        self.count_samples(traj.batch_size)
         cond = self.model.encode_prompts(traj.prompts, negative if use_cfg else None, with_negative=use_cfg)
         return traj, scored, cond
 
-    # ---------------------------------------------------------------------------------------- optimisation
-    def optimize(self, traj: Trajectory, cond, advantages: torch.Tensor, it: int):
-        """PPO-style updates over the iteration's (sample, step) pairs; returns (metrics | None, #pairs)."""
-        cfg = self.config
-        samples, steps = traj.trainable_pairs()
-        per_sample = advantages if advantages.ndim == 1 else advantages.abs().sum(1)
-        keep = per_sample[samples] != 0  # groups with equal rewards carry no signal: skip their compute
-        samples, steps = samples[keep], steps[keep]
-        if cfg.sampling.train_step_fraction < 1.0 and len(samples):
-            draw = torch.rand(len(samples), generator=derived_generator(cfg.seed, "steps", it, self.rank))
-            keep = draw < cfg.sampling.train_step_fraction
-            samples, steps = samples[keep], steps[keep]
-        plan = self._update_plan(samples, steps, it)
-        old = self._recomputed_old_policy(traj, cond, plan) if self.recompute_old_policy else [None] * len(plan)
-        totals: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        n_pairs = 0
-        for (chunk_samples, chunk_steps), chunk_old in zip(plan, old):
-            ok = self._optimizer_step(traj, cond, advantages, chunk_samples, chunk_steps, totals, counts, chunk_old)
-            if not ok:
-                return None, n_pairs
-            n_pairs += len(chunk_samples)
-        metrics = {f"train/{k}": v / counts[k] for k, v in totals.items()}
-        metrics["train/pairs"] = float(n_pairs)
-        return metrics, n_pairs
+    def dataset_batch(self, n: int, it: int, *parts: object):
+        """``n`` offline examples of iteration ``it`` from ``data.dataset`` (this process's draw; ``parts`` tell
+        several draws of one iteration apart): (prompts, pixels (n,3,H,W) in [0, 1] at the run's geometry,
+        metadata). Counts the samples seen."""
+        if self.dataset is None:
+            raise ConfigError("this method draws offline examples but data.dataset is not set")
+        index = self.dataset.sample(n, derived_generator(self.config.seed, "dataset", it, self.rank, *parts))
+        pixels = self.dataset.images(index, (self.geometry.height, self.geometry.width))
+        self.count_samples(len(index))
+        return [self.dataset.prompts[i] for i in index], pixels.to(self.device), [self.dataset.metadata[i]
+                                                                                  for i in index]
 
-    def _mean_over_processes(self, value: float) -> float:
+    def count_samples(self, n: int) -> None:
+        """Add this process's ``n`` samples (rollouts or offline examples) to the run's total over processes."""
+        self.samples_seen += n * self.world
+
+    # ---------------------------------------------------------------------------------------- optimisation
+    def mean_over_processes(self, value: float) -> float:
         if self.world == 1:
             return float(value)
         return float(self.accelerator.reduce(torch.tensor(float(value), device=self.device), reduction="mean"))
 
-    def _on_every_process(self, flag: bool) -> bool:
+    def on_every_process(self, flag: bool) -> bool:
         """True when ``flag`` holds on every process (an all-reduce with several processes)."""
-        return self._mean_over_processes(float(flag)) == 1.0
+        return self.mean_over_processes(float(flag)) == 1.0
 
-    def _update_plan(self, samples: torch.Tensor, steps: torch.Tensor, it: int) -> list[tuple]:
-        """(samples, steps) of each optimizer step: ``inner_epochs`` shuffles of the pairs, each split into
-        ``steps_per_iteration`` chunks; an empty chunk is kept only with several processes (each process takes
-        part in every all-reduce)."""
-        optim, plan = self.config.optim, []
-        for epoch in range(optim.inner_epochs):
-            order = torch.randperm(len(samples), generator=derived_generator(self.config.seed, "order", it, epoch,
-                                                                               self.rank))
-            plan += [(samples[c], steps[c]) for c in torch.tensor_split(order, optim.steps_per_iteration)
-                     if self.world > 1 or len(c)]
-        return plan
-
-    def _micro_batches(self, samples: torch.Tensor, steps: torch.Tensor):
+    def micro_batches(self, samples: torch.Tensor, steps: torch.Tensor):
         """The (samples, steps) micro-batches of one optimizer step, in order; none for an empty step (a process
         whose groups all had equal rewards still joins the step's all-reduce)."""
-        for first in range(0, len(samples), self.config.optim.micro_batch_size):
-            yield (samples[first : first + self.config.optim.micro_batch_size],
-                   steps[first : first + self.config.optim.micro_batch_size])
+        size = self.config.optim.micro_batch_size
+        for first in range(0, len(samples), size):
+            yield samples[first : first + size], steps[first : first + size]
 
-    @torch.no_grad()
-    def _recomputed_old_policy(self, traj, cond, plan) -> list[list | None]:
-        """μ_old and log π_old of every planned micro-batch, computed now (before any update) in the very batch
-        the update will use. The first optimizer step is None: its own forward runs at these weights."""
-        return [None] + [[(r.mean, r.log_prob) for r in (recompute_log_probs(self.model, traj, cond, s, t)
-                                                          for s, t in self._micro_batches(*chunk))]
-                         for chunk in plan[1:]]
-
-    def _optimizer_step(self, traj, cond, advantages, samples, steps, totals, counts, old=None) -> bool:
-        """One optimizer step over the pairs (samples, steps); ``old`` as from ``_recomputed_old_policy``
-        (None with ``optim.old_policy`` rollout: the rollout's means)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        # the per-pair mean over all processes, after the gradients' mean over processes
-        total = self._mean_over_processes(len(samples))
-        if total == 0:  # no process has a pair; an Adam step on zero gradients would still move the weights
-            return True
-        finite = True
-        for m, (s, t) in enumerate(self._micro_batches(samples, steps)):
-            # no autocast: recomputing in another precision than the rollout's breaks ratio == 1 on-policy
-            new = recompute_log_probs(self.model, traj, cond, s, t)
-            if not self.recompute_old_policy:
-                old_mean, old_log_prob = traj.means[s, t].to(self.device), traj.log_probs[s, t].to(self.device)
-            elif old is None:  # the iteration's first step: nothing has changed since the rollout
-                old_mean, old_log_prob = new.mean.detach(), new.log_prob.detach()
-            else:
-                old_mean, old_log_prob = old[m]
-            ref_mean = self._reference_mean(traj, cond, s, t) if self.algorithm.needs_reference else None
-            sig = traj.sigmas.to(self.device)
-            adv = advantages[s] if advantages.ndim == 1 else advantages[s, t]
-            batch = PolicyBatch(new=new, old_mean=old_mean, old_log_prob=old_log_prob, advantages=adv.to(self.device),
-                                sigma=sig[t.to(self.device)], sigma_next=sig[t.to(self.device) + 1],
-                                step_idx=t, reduction=self.dynamics.log_prob_reduction, ref_mean=ref_mean)
-            loss, metrics = self.algorithm.loss(batch)
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            (loss * len(s) / total).backward()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(s)
-                counts[k] = counts.get(k, 0) + len(s)
-        if not self._on_every_process(finite):  # one process's non-finite loss skips the step everywhere
+    def apply_update(self, finite: bool, totals: dict[str, float], counts: dict[str, int]) -> bool:
+        """Finish an optimizer step whose gradients are accumulated in ``self.params``: skip it everywhere when
+        ``finite`` is False on any process, average gradients over processes, clip to ``optim.max_grad_norm``
+        (logged as grad_norm into ``totals``/``counts``), step AdamW and the EMA. Returns whether it stepped."""
+        if not self.on_every_process(finite):  # one process's non-finite loss skips the step everywhere
             self.optimizer.zero_grad(set_to_none=True)
             return False
         if self.world > 1:
@@ -362,14 +310,18 @@ class Trainer:
             self.ema.update()
         return True
 
+    def reference(self) -> contextlib.AbstractContextManager:
+        """The reference policy: the transformer with its adapter disabled, for the ``with`` block."""
+        if not self.config.lora.enabled:
+            raise ConfigError("the reference policy is the transformer with its adapter disabled: it needs LoRA "
+                              "(lora.enabled: true)")
+        return adapter_disabled(self.model.transformer)
+
     @torch.no_grad()
-    def _reference_mean(self, traj, cond, s, t) -> torch.Tensor:
-        transformer = self.model.transformer
-        transformer.disable_adapters()
-        try:
-            return recompute_log_probs(self.model, traj, cond, s, t).mean
-        finally:
-            transformer.enable_adapters()
+    def reference_step(self, traj, cond, s, t) -> StepResult:
+        """The reference policy's transitions (``recompute_log_probs`` with the adapter disabled)."""
+        with self.reference():
+            return recompute_log_probs(self.model, traj, cond, s, t)
 
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -393,26 +345,26 @@ class Trainer:
                                guidance_scale=guidance)
                 scored = decode_and_score(self.model, self.reward, traj.final, self.geometry, prompts,
                                           [self.eval_set.metadata[i % num_prompts] for i in idx])
-                extra = {name: metric(scored.pixels.to(self.device), prompts).scores.float().cpu()
-                         for name, metric in self.eval_metrics.items()}
+                extra = {}
+                for name, metric in self.eval_metrics.items():  # each metric's score and its components
+                    out = metric(scored.pixels.to(self.device), prompts)
+                    extra[name] = out.scores.float().cpu()
+                    extra.update({f"{name}/{k}": v.float().cpu() for k, v in out.components.items()})
                 for j, i in enumerate(idx):
                     row = {"index": i, "reward": float(scored.rewards[j])}
                     row.update({f"{k}": float(v[j]) for k, v in scored.components.items()})
                     row.update({name: float(v[j]) for name, v in extra.items()})
                     rows.append(row)
                 if tag is not None and first == 0:
-                    grids.append(scored.pixels[:16])
+                    shown = idx[:16]
+                    grids.append((scored.pixels[:16], prompts[:16], [cfg.eval.seed + i for i in shown]))
         rows = sorted(gather_object(rows) if self.world > 1 else rows, key=lambda r: r["index"])
         metrics = {}
         for key in (k for k in rows[0] if k != "index"):
             values = [r[key] for r in rows if math.isfinite(r[key])]  # e.g. "position" only where stated
             metrics[f"eval/{key}"] = sum(values) / len(values) if values else float("nan")
         if tag is not None and self.accelerator.is_main_process and grids:
-            pixels = grids[0]
-            if pixels.ndim == 5:  # videos: one row of frames per sample
-                save_grid(pixels[:4].flatten(0, 1), self.out / f"eval_{tag}.png", nrow=pixels.shape[1])
-            else:
-                save_grid(pixels, self.out / f"eval_{tag}.png", nrow=8)
+            save_eval_images(self.out, tag, *grids[0])  # the same prompts and seeds before and after
         return metrics
 
     # ------------------------------------------------------------------------------------------ checkpoints
@@ -444,12 +396,13 @@ class Trainer:
             else:
                 save_file({n: p.detach().cpu().contiguous() for n, p in self.model.transformer.named_parameters()},
                           folder / "transformer.safetensors")
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-            torch.save(self.algorithm.state_dict(), folder / "algorithm.pt")
+            ckpt.write_state(folder, "optimizer", self.optimizer.state_dict())
+            ckpt.write_state(folder, "algorithm", self.algorithm.state_dict())
             if self.ema is not None:
-                torch.save(self.ema.state_dict(), folder / "ema.pt")
+                ckpt.write_state(folder, "ema", self.ema.state_dict())
 
-        state = {"skipped_in_a_row": self.skipped_in_a_row, "history": self.history}
+        state = {"skipped_in_a_row": self.skipped_in_a_row, "samples_seen": self.samples_seen,
+                 "wall_time_s": self.wall_time_s, "history": self.history}
         return ckpt.save_checkpoint(self.out, self.iteration, write, state, cfg.checkpoint.keep_last)
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -471,22 +424,32 @@ class Trainer:
                 raise ckpt.CheckpointError(
                     f"checkpoint {str(folder)!r} does not fit this transformer: missing {missing[:5]}"
                     f"{'…' if len(missing) > 5 else ''}, unexpected {sorted(result.unexpected_keys)[:5]}")
-        self.optimizer.load_state_dict(ckpt.load_tensor_file(folder, "optimizer.pt"))
-        self.algorithm.load_state_dict(ckpt.load_tensor_file(folder, "algorithm.pt"))
+        self.optimizer.load_state_dict(ckpt.read_state_file(folder, "optimizer"))
+        self.algorithm.load_state_dict(ckpt.read_state_file(folder, "algorithm"))
         if self.ema is not None:
-            self.ema.load_state_dict(ckpt.load_tensor_file(folder, "ema.pt"))
-        ckpt.set_rng_state(ckpt.load_tensor_file(folder, "rng.pt"))
+            self.ema.load_state_dict(ckpt.read_state_file(folder, "ema"))
+        ckpt.set_rng_state(ckpt.read_state_file(folder, ckpt.RNG_STATE))
         self.iteration = int(state["iteration"])
         self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        self.samples_seen = int(state.get("samples_seen", 0))
+        self.wall_time_s = float(state.get("wall_time_s", 0.0))
         self.history = list(state.get("history", []))
 
     def summary(self) -> dict:
         evals = [h for h in self.history if "eval/reward" in h]
-        out = {"iterations": self.iteration, "output_dir": str(self.out)}
+        out = {"iterations": self.iteration, "output_dir": str(self.out), "algorithm": self.config.algorithm.name,
+               "samples_seen": self.samples_seen, "wall_time_s": round(self.wall_time_s, 3)}
         if evals:
             out["eval_before"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
             out["eval_after"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
         return out
+
+
+def load_dataset(spec: str):
+    """The offline dataset ``data.dataset`` names (see ``flowalign.data``)."""
+    from flowalign.data import load_image_dataset
+
+    return load_image_dataset(spec)
 
 
 def _plain(config: TrainConfig) -> dict:

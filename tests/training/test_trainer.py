@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from flowalign.errors import ConfigError
 from flowalign.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
-from flowalign.training.checkpoint import CheckpointError, list_checkpoints
+from flowalign.training.checkpoint import CheckpointError, list_checkpoints, write_checksums
 from flowalign.algorithms.grpo import GRPOConfig
 from flowalign.algorithms.grpo_guard import GRPOGuardConfig
 from flowalign.training.config import (
@@ -194,6 +194,7 @@ def test_full_fine_tuning_saves_a_diffusers_transformer(tmp_path):
                for k, v in pipeline.transformer.state_dict().items())
     weights = list_checkpoints(config.output_dir)[-1] / "transformer.safetensors"
     save_file({k: v for k, v in load_file(weights).items() if not k.startswith("proj_out.")}, weights)
+    write_checksums(weights.parent)  # an intact checkpoint of another architecture, not a corrupt one
     with pytest.raises(CheckpointError, match=r"does not fit this transformer: missing \['proj_out.bias'"):
         Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
 
@@ -239,12 +240,23 @@ def test_corrupt_checkpoint_is_reported_on_resume(tmp_path):
     config = tiny_config(tmp_path)
     Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness()).run()
     latest = list_checkpoints(config.output_dir)[-1]
-    (latest / "optimizer.pt").write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match=r"optimizer.pt.*is corrupt"):
+    (latest / "optimizer.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors.*corrupt"):
+        Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume=str(latest))
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors"):  # no intact checkpoint to fall back to
         Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
-    (latest / "state.json").write_text("{")
-    with pytest.raises(CheckpointError, match="state.json unreadable"):
-        Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+
+
+def test_latest_resume_skips_a_corrupt_newest_checkpoint_and_keeps_it(tmp_path):
+    config = tiny_config(tmp_path, iterations=2)
+    Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness()).run()
+    older, newest = list_checkpoints(config.output_dir)
+    adapter = next((newest / "lora").glob("*.safetensors"))
+    adapter.write_bytes(b"overwritten")
+    with pytest.warns(UserWarning, match=newest.name):
+        resumed = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness(), resume="latest")
+    assert resumed.iteration == 1
+    assert adapter.read_bytes() == b"overwritten" and (older / "state.json").is_file()  # nothing deleted
 
 
 def logged_steps(config):

@@ -28,6 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--num-frames", type=int, help="video models only")
+    p.add_argument("--image", default=None,
+                   help="image-to-video models: the conditioning image (a file), or a .jsonl of prompt/image lines")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help=DEVICE_HELP)
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--num-per-prompt and --batch-size must be >= 1")
     dynamics = DynamicsConfig(args.dynamics, args.noise_level if args.dynamics != "ode" else 0.0)
     window = SDEWindow(*args.sde_window) if args.sde_window else None
-    model = load_model(args.model, device=device, torch_dtype=getattr(torch, args.dtype))
+    extra = {"image": args.image} if args.image is not None else {}
+    model = load_model(args.model, device=device, torch_dtype=getattr(torch, args.dtype), **extra)
     geometry = model.resolve_geometry(args.height, args.width, args.num_frames)
     use_cfg = model.uses_cfg(args.guidance_scale)
     expanded = [p for p in prompts for _ in range(args.num_per_prompt)]

@@ -10,7 +10,7 @@ stronger model measured in docs/training.md, "A better-trained toy model"; not s
     HF_HUB_OFFLINE=1 python scripts/pretrain_toy.py --init-from assets/toy-sd3 --steps 8000 \
         --foreground-weight 4 --lr-schedule cosine --out runs/toy-stage2/final --run-dir runs/toy-stage2
 
-Resumes from RUN_DIR/checkpoint.pt when present (same seed and architecture required).
+Resumes from RUN_DIR/checkpoint.json + checkpoint.safetensors when present (same seed and architecture required).
 """
 
 from __future__ import annotations

@@ -83,11 +83,6 @@ def read_state_file(folder: str | os.PathLike, name: str) -> Any:
         raise CheckpointError(f"checkpoint {str(folder)!r}: {err}") from err
 
 
-def load_tensor_file(folder: Path, name: str) -> Any:
-    """Former name of ``read_state_file``; ``name`` may carry the old ``.pt`` suffix."""
-    return read_state_file(folder, name.removesuffix(".pt"))
-
-
 def write_checksums(folder: Path) -> None:
     """Record the SHA-256 of every file under ``folder`` (paths relative to it, '/'-separated) in checksums.json."""
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")

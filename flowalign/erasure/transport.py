@@ -6,8 +6,9 @@ the padded token sequence); with ``center=True`` (default) the empty prompt's po
 first, which removes the direction every prompt shares (raw CLIP cosines of unrelated prompts are often > 0.5).
 Token overlap = share of the concept's tokenizer tokens (special tokens excluded) that occur in the prompt.
 A concept given as several phrasings (``SPMNetwork.phrasings``: the concept, its aliases, their singular/plural
-forms) takes the maximum of both measures over them, as the original SPM does over its erased phrasings: "two red
-circles" shares no BPE token with "circle", but every token with "circles".
+forms) takes the token overlap's maximum over them ("two red circles" shares no BPE token with "circle", but every
+token with "circles"); the cosine is the concept's own: a cosine maximum over more phrasings only adds γ to
+unrelated prompts (toy model, held-out prompts without red: mean γ 0.04 with "red", 0.32 with max("red", "reds")).
 """
 
 from __future__ import annotations
@@ -53,16 +54,10 @@ class FacilitatedTransport:
         return pooled
 
     def cosine(self, prompts: Sequence[str]) -> Tensor:
-        """(P, N) cosine similarities of the (centered) pooled embeddings, the maximum over each concept's
-        phrasings."""
+        """(P, N) cosine similarities of the (centered) pooled embeddings of the prompts and the concepts."""
         a = torch.nn.functional.normalize(self._pooled(list(prompts)), dim=-1)
-        b = torch.nn.functional.normalize(self._pooled([p for ps in self.phrasings for p in ps]), dim=-1)
-        sims, start = a @ b.t(), 0
-        columns = []
-        for ps in self.phrasings:
-            columns.append(sims[:, start:start + len(ps)].max(dim=1).values)
-            start += len(ps)
-        return torch.stack(columns, dim=1)
+        b = torch.nn.functional.normalize(self._pooled(self.concepts), dim=-1)
+        return a @ b.t()
 
     def overlap(self, prompts: Sequence[str]) -> Tensor:
         """(P, N) share of a phrasing's tokens present in each prompt, the maximum over each concept's phrasings."""

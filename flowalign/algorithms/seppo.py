@@ -8,8 +8,9 @@ SePPO publishes no training code; this flow-matching form is OUR reconstruction 
 - each iteration one reference is drawn from the pool (``reference_draw``: ``uniform`` over all entries — the
   paper's choice —, ``latest`` or ``initial`` for the ablation) from a generator of (run seed, iteration), so a
   resumed run draws the same reference;
-- the reference generates one sample per winner (the run's ``sampling`` dynamics, steps and guidance; its final
-  latent), which takes the loser's place;
+- the reference generates one sample per winner (``reference_sampler``: ``ode``, the deterministic Euler sampler,
+  or ``rollout``, the run's ``sampling`` dynamics with no SDE window; the run's steps and guidance either way; its
+  final latent), which takes the loser's place;
 - the DPO loss on flow-matching errors with one shared σ and ε per pair, the reference being the drawn entry, and
   the anchor-based criterion (AAF) choosing the sign of the reference sample's term per pair
   (``flowalign.training.preference``).
@@ -30,7 +31,7 @@ import torch
 from flowalign.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
 from flowalign.algorithms.dpo import check_preference_knobs
 from flowalign.errors import ConfigError
-from flowalign.sampling import make_generators, rollout
+from flowalign.sampling import DynamicsConfig, make_generators, rollout
 from flowalign.training.flow_matching import SigmaSampling, shared_noise_pair
 from flowalign.training.preference import preference_update
 from flowalign.training.reference import DRAW_RULES, SnapshotPool
@@ -39,12 +40,15 @@ from flowalign.training.seeding import derive_seed, derived_generator
 if TYPE_CHECKING:
     from flowalign.training.trainer import Trainer
 
+REFERENCE_SAMPLERS = ("ode", "rollout")
+
 
 @dataclass
 class SePPOConfig(AlgorithmConfig):
     """``beta``: β (> 0, velocity units, as DPO); ``batch_size``: winners per iteration and process;
     ``pool_size``: snapshots kept besides the base (>= 1); ``snapshot_every``: iterations between snapshots (>= 1);
-    ``reference_draw``: ``uniform``, ``latest`` or ``initial``; ``criterion``: ``aaf`` (SePPO) or ``dpo``
+    ``reference_draw``: ``uniform``, ``latest`` or ``initial``; ``reference_sampler``: ``ode`` or ``rollout``
+    (the run's SDE dynamics on every step); ``criterion``: ``aaf`` (SePPO) or ``dpo``
     (always push the reference sample away: the ablation without AAF); σ density as SFT."""
 
     name: str = "seppo"
@@ -53,6 +57,7 @@ class SePPOConfig(AlgorithmConfig):
     pool_size: int = 8
     snapshot_every: int = 10
     reference_draw: str = "uniform"
+    reference_sampler: str = "ode"
     criterion: str = "aaf"
     sigma_sampling: str = "logit_normal"
     logit_mean: float = 0.0
@@ -68,6 +73,9 @@ class SePPOConfig(AlgorithmConfig):
         if self.reference_draw not in DRAW_RULES:
             raise ConfigError(f"algorithm.reference_draw must be one of {', '.join(DRAW_RULES)}, "
                               f"got {self.reference_draw!r}")
+        if self.reference_sampler not in REFERENCE_SAMPLERS:
+            raise ConfigError(f"algorithm.reference_sampler must be one of {', '.join(REFERENCE_SAMPLERS)}, "
+                              f"got {self.reference_sampler!r}")
         if self.criterion not in ("aaf", "dpo"):
             raise ConfigError(f"algorithm.criterion must be 'aaf' or 'dpo', got {self.criterion!r}")
 
@@ -92,7 +100,8 @@ class SePPO(Algorithm):
         cond = model.encode_prompts(prompts, trainer.config.data.negative_prompt if use_cfg else None,
                                     with_negative=use_cfg)
         seeds = [derive_seed(trainer.config.seed, "seppo-sample", it, trainer.rank, j) for j in range(len(prompts))]
-        traj = rollout(model, cond, trainer.geometry, num_steps=s.num_steps, dynamics=trainer.dynamics,
+        dynamics = trainer.dynamics if self.config.reference_sampler == "rollout" else DynamicsConfig("ode", 0.0)
+        traj = rollout(model, cond, trainer.geometry, num_steps=s.num_steps, dynamics=dynamics,
                        generators=make_generators(seeds, trainer.device), guidance_scale=s.guidance_scale)
         trainer.count_samples(len(prompts))
         return traj.final.to(trainer.device).float()

@@ -34,9 +34,9 @@ def test_a_reference_equal_to_the_policy_gives_aaf_rate_1_loss_log2_and_accuracy
     """Derivation: with the reference equal to the policy, e_ref(x) = e_θ(x) for both images (same weights, same
     batch), so every Δ is 0. AAF's test e_ref(w) >= e_θ(w) holds with equality: sign +1 for every pair (rate 1).
     The logit −β(Δ_w − Δ_r) is 0: loss = softplus(0) = log 2, and a tie counts 1/2 in the implicit accuracy."""
-    draw = "initial" if entry == "base" else "latest"
-    trainer = Trainer(seppo_config(tmp_path, reference_draw=draw), model=tiny_sd3_pipeline(seed=0),
-                      reward=Redness())
+    draw, sampler = ("initial", "ode") if entry == "base" else ("latest", "rollout")
+    trainer = Trainer(seppo_config(tmp_path, reference_draw=draw, reference_sampler=sampler),
+                      model=tiny_sd3_pipeline(seed=0), reward=Redness())
     pool = trainer.algorithm.pool
     if entry == "snapshot":  # a policy away from the base, snapshotted: the pool's latest entry equals it
         with torch.no_grad():
@@ -86,6 +86,7 @@ def test_the_pool_is_bounded_checkpointed_and_a_resumed_run_draws_the_same_refer
     ("beta", 0.0, "algorithm.beta must be > 0"),
     ("snapshot_every", 0, "algorithm.snapshot_every must be >= 1"),
     ("reference_draw", "oldest", "algorithm.reference_draw must be one of uniform, latest, initial"),
+    ("reference_sampler", "sde", "algorithm.reference_sampler must be one of ode, rollout"),
 ])
 def test_bad_knobs_are_named(key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -109,9 +109,13 @@ class RewardBackprop(Algorithm):
                                   f"{config.sampling.dynamics!r} with noise_level {config.sampling.noise_level} "
                                   "has no transition density)")
 
+    def kl_weight(self) -> float:
+        """The weight of the summed per-step KL in the loss (``kl_beta``)."""
+        return self.config.kl_beta
+
     @property
     def uses_kl(self) -> bool:
-        return self.config.kl_beta > 0
+        return self.kl_weight() > 0
 
     def setup(self, trainer: Trainer) -> None:
         spec = trainer.reward.spec
@@ -160,7 +164,7 @@ class RewardBackprop(Algorithm):
         kl = torch.zeros_like(reward)
         if self.uses_kl:
             kl = traj.kl(cfg.kl_reduction).sum(1)
-            loss = loss + cfg.kl_beta * kl
+            loss = loss + self.kl_weight() * kl
         return SampledObjective(loss, reward.detach(), valid, kl.detach(), traj)
 
     # ---------------------------------------------------------------------------------------------- update

@@ -158,6 +158,9 @@ class VGPO(GRPOGuard):
 
     def validate(self, config: TrainConfig) -> None:
         super().validate(config)
+        if not config.sampling.dynamics_config.is_stochastic:
+            raise ConfigError(f"vgpo trains stochastic steps, but sampling.dynamics {config.sampling.dynamics!r} with "
+                              f"noise_level {config.sampling.noise_level} is deterministic")
         if self.config.dense_every > 0:
             check_scores_outputs(list(config.reward.weights), config.model.num_frames is not None,
                                  "algorithm.dense_every")
@@ -187,6 +190,8 @@ class VGPO(GRPOGuard):
         if self._dense is not None:
             got = self._dense.collect(steps)
             self._dense = None
+            if got.scores.shape[0] != batch:
+                raise ValueError(f"dense rewards cover {got.scores.shape[0]} samples, the rollout has {batch}")
             dense, points = got.scores, got.scored.any(0)
             self._metrics = {"dense/evaluations": float(got.evaluations), "dense/forward_s": got.forward_s,
                              "dense/score_s": got.score_s, "dense/wait_s": got.wait_s,

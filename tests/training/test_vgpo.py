@@ -1,5 +1,8 @@
 """VGPO: reward-to-go values, temporal weights and anchoring; dense rewards from one-step projections."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -150,5 +153,17 @@ def test_dense_rewards_with_a_reward_that_cannot_score_images_fail_before_the_mo
     config.reward.weights = {"test_video_only": 1.0}
     with pytest.raises(ConfigError, match="algorithm.dense_every.*test_video_only.*videos"):
         Trainer(config, model="/nonexistent/pipeline")
+    config = _vgpo_config(tmp_path / "c", dense_every=0)
+    config.sampling.noise_level = 0.0
+    with pytest.raises(ConfigError, match="deterministic"):
+        Trainer(config, model="/nonexistent/pipeline", reward=Redness())
     with pytest.raises(ConfigError, match="algorithm.dense_every"):  # a reward given built is checked at setup
         Trainer(_vgpo_config(tmp_path / "b", dense_every=2), model=tiny_sd3_pipeline(seed=0), reward=VideoOnly())
+
+
+def test_the_training_config_imports_first_without_a_cycle():
+    # training.config -> every algorithm -> vgpo -> dense_rewards must not import rewarding (-> training.config)
+    # at module level: a fresh interpreter, where that import order failed once
+    done = subprocess.run([sys.executable, "-c", "import flowalign.training.config"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

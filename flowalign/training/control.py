@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -159,3 +160,19 @@ def macro_f1(predicted: Tensor, target: Tensor, classes: int) -> float:
         fn = float(((predicted != k) & (target == k)).sum())
         scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
     return sum(scores) / classes
+
+
+def control_for_sampling(transformer: nn.Module, label: str, path: str | os.PathLike | None,
+                         lora: str | os.PathLike | None = None):
+    """``flowalign sample --control LABEL``: load the control file (``path``, else ``control.safetensors``
+    beside the ``lora`` folder) onto ``transformer`` and return ``n ↦ requested([index(LABEL)] * n)``."""
+    if path is None:
+        if lora is None:
+            raise ConfigError("--control needs the control file: pass --control-file FILE (or --lora DIR of a CTRL "
+                              "run, whose control.safetensors lies beside it)")
+        path = Path(lora).parent / "control.safetensors"
+    if not Path(path).is_file():
+        raise ConfigError(f"control file {str(path)!r} does not exist")
+    control = load_control(transformer, path)
+    index = control.index(label)
+    return lambda n: control.requested(torch.full((n,), index))

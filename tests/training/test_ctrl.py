@@ -137,3 +137,20 @@ def test_a_label_outside_the_classes_is_refused(tmp_path):
 def test_bad_settings_name_the_key(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         CTRLConfig(**kwargs)
+
+
+def test_sampling_with_a_control_file_checks_the_file_and_the_label(tmp_path):
+    from flowalign.training.control import control_for_sampling
+
+    trainer = make_trainer(tmp_path)
+    transformer = tiny_sd3_pipeline(seed=0).transformer
+    with pytest.raises(ConfigError, match=r"--control needs the control file"):
+        control_for_sampling(transformer, "small", None)
+    with pytest.raises(ConfigError, match=r"control file .*control.safetensors' does not exist"):
+        control_for_sampling(transformer, "small", None, tmp_path / "run" / "lora")
+    trainer.algorithm.control.save(tmp_path / "control.safetensors")
+    with pytest.raises(ConfigError, match=r"'huge' is not one of the classifier's classes"):
+        control_for_sampling(transformer, "huge", tmp_path / "control.safetensors")
+    requested = control_for_sampling(transformer, "large", tmp_path / "control.safetensors")
+    with requested(3):
+        pass

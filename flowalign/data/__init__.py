@@ -6,6 +6,7 @@ from pathlib import Path
 
 from flowalign.data.dataset import ImageDataset, fit_image
 from flowalign.data.manifest import MANIFEST_SUFFIXES, ManifestDataset
+from flowalign.data.preference import PreferenceDataset, load_preference_dataset
 from flowalign.errors import ConfigError
 
 BUILTIN_DATASETS = ("toy:sft",)
@@ -30,4 +31,5 @@ def load_image_dataset(spec: str, *, seed: int = 0, images_per_prompt: int | Non
     return ManifestDataset(path)
 
 
-__all__ = ["BUILTIN_DATASETS", "ImageDataset", "ManifestDataset", "fit_image", "load_image_dataset"]
+__all__ = ["BUILTIN_DATASETS", "ImageDataset", "ManifestDataset", "PreferenceDataset", "fit_image", "load_image_dataset",
+           "load_preference_dataset"]

@@ -3,8 +3,7 @@
 import base64
 import io
 import json
-import subprocess
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,7 @@ def test_converter_puts_the_labelled_winner_first_drops_ties_and_keeps_bytes(tmp
     assert (tmp_path / "out" / "images" / "000003_w.png").read_bytes() == (tmp_path / "white.png").read_bytes()
 
 
-def test_converter_names_a_bad_row_and_skip_bad_reports_it(tmp_path):
+def test_converter_names_a_bad_row_and_skip_bad_reports_it(tmp_path, capsys):
     rows = [{"caption": "ok", "jpg_0": jpeg_b64("red"), "jpg_1": jpeg_b64("blue"), "label_0": 1, "label_1": 0},
             {"caption": "broken", "jpg_0": base64.b64encode(b"not an image").decode(), "jpg_1": jpeg_b64("blue"),
              "label_0": 1, "label_1": 0},
@@ -59,9 +58,11 @@ def test_converter_names_a_bad_row_and_skip_bad_reports_it(tmp_path):
     with pytest.raises(BadInputError, match=r"export.jsonl:2: 'jpg_0' cannot be read as an image"):
         convert_pickapic(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_pickapic.py"), str(source), "--out",
-                             str(tmp_path / "out"), "--skip-bad"], capture_output=True, text=True, check=True)
-    summary = json.loads(result.stdout)
+    script = runpy.run_path(str(ROOT / "scripts" / "convert_pickapic.py"))  # the script's own main, in-process
+    assert script["main"]([str(source), "--out", str(tmp_path / "out")]) == 1
+    assert "export.jsonl:2" in capsys.readouterr().err
+    assert script["main"]([str(source), "--out", str(tmp_path / "out"), "--skip-bad"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["pairs"] == 1 and [s["source"] for s in summary["skipped"]] == [f"{source}:2", f"{source}:3"]
     assert "label_0" in summary["skipped"][1]["why"]
 

@@ -76,7 +76,8 @@ def test_noise_zero_is_the_ode(tmp_path, strength):
     traj, _, _ = trainer.sample_iteration(0, hooks=trainer.algorithm.rollout_hooks(trainer, 0))
     seeds = [derive_seed(trainer.config.seed, "rollout", 0, 0, j) for j in range(4)]
     ode = [rollout(trainer.model, trainer.model.encode_prompts([prompt]), trainer.geometry, num_steps=3,
-                   dynamics=DynamicsConfig("ode", 0.0), group_size=2, generators=make_generators(seeds[2 * p:2 * p + 2]))
+                   dynamics=DynamicsConfig("ode", 0.0), group_size=2,
+                   generators=make_generators(seeds[2 * p : 2 * p + 2]))
            for p, prompt in enumerate(traj.prompts[::2])]  # the trainer's chunks: one prompt's group per call
     ode = torch.cat([o.latents for o in ode])
     assert torch.equal(traj.latents, ode)  # a deterministic step is the ODE step; no hook is called

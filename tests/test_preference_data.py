@@ -87,3 +87,21 @@ def test_toy_preference_set_pairs_verifier_correct_winners_with_failing_model_sa
     assert again == summary
     assert (tmp_path / "toy" / "train.jsonl").read_text() == (tmp_path / "toy2" / "train.jsonl").read_text()
     assert torch.equal(winners, PreferenceDataset(tmp_path / "toy2" / "train.jsonl").images(range(4), 32))
+
+
+def test_a_parquet_export_converts_with_pyarrow_or_says_what_it_needs(tmp_path):
+    row = {"caption": "a red fox", "jpg_0": base64.b64decode(jpeg_b64("red")), "jpg_1": base64.b64decode(jpeg_b64("blue")),
+           "label_0": 1.0, "label_1": 0.0}
+    try:
+        import pyarrow
+        import pyarrow.parquet as pq
+    except ImportError:
+        (tmp_path / "export.parquet").write_bytes(b"PAR1")
+        with pytest.raises(BadInputError, match="reading parquet needs pyarrow"):
+            convert_pickapic(tmp_path / "export.parquet", tmp_path / "out")
+        return
+    pq.write_table(pyarrow.Table.from_pylist([row]), tmp_path / "export.parquet")
+    summary = convert_pickapic(tmp_path / "export.parquet", tmp_path / "out")
+    assert summary["pairs"] == 1
+    data = PreferenceDataset(tmp_path / "out" / "pairs.jsonl")
+    assert data.images([0], 16)[0, 0].mean() > 0.8  # label_0 = 1: the red image won

@@ -90,8 +90,8 @@ def test_toy_preference_set_pairs_verifier_correct_winners_with_failing_model_sa
 
 
 def test_a_parquet_export_converts_with_pyarrow_or_says_what_it_needs(tmp_path):
-    row = {"caption": "a red fox", "jpg_0": base64.b64decode(jpeg_b64("red")), "jpg_1": base64.b64decode(jpeg_b64("blue")),
-           "label_0": 1.0, "label_1": 0.0}
+    row = {"caption": "a red fox", "jpg_0": base64.b64decode(jpeg_b64("red")),
+           "jpg_1": base64.b64decode(jpeg_b64("blue")), "label_0": 1.0, "label_1": 0.0}
     try:
         import pyarrow
         import pyarrow.parquet as pq

@@ -124,3 +124,14 @@ def test_a_warm_up_as_long_as_the_run_fails_before_the_model_loads(tmp_path):
 def test_bad_knobs_are_named(key, value):
     with pytest.raises(ConfigError, match=f"algorithm.{key}"):
         ACFlowConfig(**{key: value})
+
+
+def test_ac_flow_trains_on_ode_rollouts(tmp_path):
+    # AC-Flow needs no log-probs: its toy recipe samples with the ODE, as the evaluation does
+    config = tiny_config(tmp_path, iterations=2, algorithm=ACFlowConfig(critic_warmup=1))
+    config.sampling.dynamics, config.sampling.noise_level = "ode", 0.0
+    trainer = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness())
+    before = [p.detach().clone() for p in trainer.params]
+    metrics = trainer.train_iteration(0)
+    assert metrics["train/fm_error"] > 0 and metrics["critic/steps"] > 0
+    assert any(not torch.equal(p, b) for p, b in zip(trainer.params, before))

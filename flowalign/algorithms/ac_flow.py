@@ -232,8 +232,7 @@ class ACFlow(Algorithm):
         with torch.no_grad():
             before = float((critic.net(latents, sigmas, text[samples]) - shaped[samples]).pow(2).mean())
         gen = derived_generator(trainer.config.seed, "critic", it, trainer.rank)
-        average = None if trainer.world == 1 else (lambda params: [
-            p.grad.copy_(trainer.accelerator.reduce(p.grad, reduction="mean")) for p in params])
+        average = None if trainer.world == 1 else _gradient_averager(trainer)
         losses = []
         for _ in range(cfg.critic_epochs):
             order = torch.randperm(len(samples), generator=gen).to(trainer.device)
@@ -243,3 +242,13 @@ class ACFlow(Algorithm):
                 losses.append(out["loss"])
         return {"critic/loss_before": before, "critic/loss": sum(losses) / len(losses),
                 "critic/steps": float(critic.steps)}
+
+
+def _gradient_averager(trainer: Trainer):
+    """Averages the critic's gradients over processes (every process takes the same number of critic steps)."""
+
+    def average(params) -> None:
+        for p in params:
+            p.grad.copy_(trainer.accelerator.reduce(p.grad, reduction="mean"))
+
+    return average

@@ -24,6 +24,7 @@ With γ = 0, ω ≡ 1 and k_anchor = 0, Â equals GRPO's advantage at every step
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,8 @@ class VGPOConfig(GRPOGuardConfig):
             raise ConfigError(f"algorithm.k_anchor must be >= 0, got {self.k_anchor}")
         if not 0.0 <= self.anchor_fraction <= 1.0:
             raise ConfigError(f"algorithm.anchor_fraction must lie in [0, 1], got {self.anchor_fraction}")
+        if not math.isfinite(self.anchor_baseline):
+            raise ConfigError(f"algorithm.anchor_baseline must be a finite number, got {self.anchor_baseline}")
 
 
 def reward_to_go(rewards: Tensor, dense: Tensor, points: Tensor, trainable: Tensor, gamma: float,

@@ -138,7 +138,8 @@ def test_vgpo_in_the_trainer_reduces_to_grpo_advantages(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("gamma", 1.5), ("gamma", -0.1), ("dense_every", -1),
-                                        ("k_anchor", -1.0), ("anchor_fraction", 2.0), ("discount_from", "x")])
+                                        ("k_anchor", -1.0), ("anchor_fraction", 2.0), ("discount_from", "x"),
+                                        ("gamma", float("nan")), ("anchor_baseline", float("inf"))])
 def test_bad_knobs_are_named(key, value):
     with pytest.raises(ConfigError, match=f"algorithm.{key}"):
         VGPOConfig(**{key: value})

@@ -32,7 +32,8 @@ def run_train(args: argparse.Namespace) -> int:
                          anchors_per_step=args.anchors_per_step, target_prompts=targets, steps=args.train_steps,
                          lr=args.lr, num_inference_steps=args.sampling_steps, guidance_scale=args.guidance_scale,
                          seed=args.seed, checkpoint_every=args.checkpoint_every,
-                         height=args.height, width=args.width)
+                         height=args.height, width=args.width, aliases=args.alias,
+                         inflect=not args.no_inflections, empty_anchor=not args.no_empty_anchor)
     model = _load(args)
     start = time.perf_counter()
     train_spm(model, config, args.out)
@@ -44,7 +45,7 @@ def _attach(args):
     model = _load(args)
     spm = load_spm(model, args.spm)
     spm.scale = args.factor
-    transport = None if args.no_transport else FacilitatedTransport(model, spm.concepts, factor=args.factor)
+    transport = None if args.no_transport else FacilitatedTransport(model, spm.phrasings, factor=args.factor)
     return model, spm, transport
 
 

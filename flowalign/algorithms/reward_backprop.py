@@ -172,8 +172,7 @@ class RewardBackprop(Algorithm):
         """The iteration's prompts, metadata and seeds, one per sample, as ``Trainer.sample_iteration`` draws
         them (prompt p's group is rows p·G … p·G + G − 1)."""
         s, seed, rank = trainer.config.sampling, trainer.config.seed, trainer.rank
-        prompts, metadata = trainer.train_set.sample(s.prompts_per_iteration,
-                                                     derived_generator(seed, "prompts", it, rank))
+        prompts, metadata = trainer.iteration_prompts(it)
         prompts = [p for p in prompts for _ in range(s.group_size)]
         metadata = [m for m in metadata for _ in range(s.group_size)]
         seeds = [derive_seed(seed, "rollout", it, rank, j) for j in range(len(prompts))]

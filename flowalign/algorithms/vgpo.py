@@ -37,7 +37,6 @@ from flowalign.algorithms.grpo_guard import GRPOGuard, GRPOGuardConfig
 from flowalign.errors import ConfigError
 from flowalign.sampling.rollout import RolloutHooks, Trajectory
 from flowalign.training.dense_rewards import DenseProjections, check_reward_instance, check_scores_outputs
-from flowalign.training.seeding import derived_generator
 
 if TYPE_CHECKING:
     from flowalign.training.config import TrainConfig
@@ -177,9 +176,7 @@ class VGPO(GRPOGuard):
         if self.config.dense_every == 0:
             return None
         s = trainer.config.sampling
-        # the metadata of the prompts sample_iteration draws (the same generator), one entry per sample
-        _, metadata = trainer.train_set.sample(s.prompts_per_iteration,
-                                               derived_generator(trainer.config.seed, "prompts", it, trainer.rank))
+        _, metadata = trainer.iteration_prompts(it)  # what sample_iteration will draw; one entry per sample below
         self._dense = DenseProjections(trainer.model, trainer.reward, trainer.geometry,
                                        trainer.model.schedule(s.num_steps, trainer.geometry), s.guidance_scale,
                                        self.config.dense_every, [m for m in metadata for _ in range(s.group_size)])

@@ -216,11 +216,14 @@ class Trainer:
         return SDEWindow.random(s.num_steps, s.sde_window_size, low=low, high=high,
                                 generator=derived_generator(self.config.seed, "window", it))
 
+    def iteration_prompts(self, it: int) -> tuple[list[str], list[dict]]:
+        """This process's training prompts of iteration ``it`` and their metadata (one per group)."""
+        generator = derived_generator(self.config.seed, "prompts", it, self.rank)
+        return self.train_set.sample(self.config.sampling.prompts_per_iteration, generator)
+
     def sample_iteration(self, it: int, hooks: RolloutHooks | None = None):
-        """This process's training prompts of iteration ``it`` and their group rollouts (see ``sample``)."""
-        s = self.config.sampling
-        prompts, metadata = self.train_set.sample(s.prompts_per_iteration,
-                                                  derived_generator(self.config.seed, "prompts", it, self.rank))
+        """The group rollouts of ``iteration_prompts(it)`` (see ``sample``)."""
+        prompts, metadata = self.iteration_prompts(it)
         return self.sample(prompts, metadata, it, hooks=hooks)
 
     def sample(self, prompts: list[str], metadata: list[dict], it: int, hooks: RolloutHooks | None = None):

@@ -134,15 +134,17 @@ def test_encode_pixels_has_the_noise_layout(model):
 
 
 def test_spm_membranes_on_the_double_stream_attention(model):
-    """FLUX.2's double-stream blocks name their attention like MMDiT: membranes go there. Not covered: their
-    SwiGLU feed-forwards (ff.linear_in/out) and the single-stream blocks (one fused to_qkv_mlp_proj)."""
+    """FLUX.2's double-stream blocks name their attention like MMDiT: membranes go there and on their SwiGLU
+    feed-forwards (ff.linear_in/out); single-stream blocks carry them on the fused to_qkv_mlp_proj and to_out."""
     from flowalign.erasure import SPMNetwork, target_layers
 
     names = set(target_layers(model.transformer))
-    assert {n.split(".", 2)[2] for n in names} == {"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-                                                   "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
-                                                   "attn.to_add_out"}
-    assert all(n.startswith("transformer_blocks.") for n in names)
+    double = {n.split(".", 2)[2] for n in names if n.startswith("transformer_blocks.")}
+    assert double == {"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                      "attn.add_v_proj", "attn.to_add_out", "ff.linear_in", "ff.linear_out", "ff_context.linear_in",
+                      "ff_context.linear_out"}
+    single = {n.split(".", 2)[2] for n in names if n.startswith("single_transformer_blocks.")}
+    assert single == {"attn.to_qkv_mlp_proj", "attn.to_out"}
     cond, x = model.encode_prompts(PROMPTS[:1]), model.initial_noise(GEOMETRY, make_generators([0]))
     with torch.no_grad():
         before = model.velocity(x, 0.6, cond, GEOMETRY)

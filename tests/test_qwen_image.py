@@ -160,12 +160,14 @@ def test_bad_geometry_and_sequence_length_are_clear_errors(pipe, model):
 
 def test_spm_membranes_on_the_joint_attention(model):
     """Qwen-Image's double-stream blocks name their attention like MMDiT (attn.to_q … attn.to_add_out): membranes
-    go there. Its feed-forwards (img_mlp, txt_mlp) are not SPM targets (see docs/adding_a_family.md)."""
+    go there, and on both streams' feed-forwards (img_mlp, txt_mlp). Not covered: the modulation linears
+    (img_mod, txt_mod), as in every family."""
     from flowalign.erasure import SPMNetwork, target_layers
 
     targets = {name.split(".", 2)[2] for name in target_layers(model.transformer)}
     assert targets == {"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-                       "attn.add_v_proj", "attn.to_add_out"}
+                       "attn.add_v_proj", "attn.to_add_out", "img_mlp.net.0.proj", "img_mlp.net.2",
+                       "txt_mlp.net.0.proj", "txt_mlp.net.2"}
     cond, x = model.encode_prompts(PROMPTS[:1]), model.initial_noise(GEOMETRY, make_generators([0]))
     velocity = lambda: model.velocity(x, 0.6, cond, GEOMETRY)  # noqa: E731
     with torch.no_grad():

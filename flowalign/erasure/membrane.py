@@ -37,12 +37,19 @@ JOINT_TARGETS = (
     "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    # Qwen-Image's double-stream feed-forwards (image and text streams)
+    "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2",
+    # FLUX.2's double-stream SwiGLU feed-forwards
+    "ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out",
 )
 #: … and Flux single-stream blocks (attention q/k/v; proj_mlp is the feed-forward's input, proj_out the shared
 #: output of attention and feed-forward). Not covered, in either: the AdaLN modulation linears (norm*.linear),
 #: which map the timestep/pooled embedding to shifts and scales, not the tokens (the original SPM covers attention
 #: and feed-forward only).
-SINGLE_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")
+SINGLE_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out",
+                  # FLUX.2's single-stream blocks fuse q, k, v and the feed-forward input in one linear, and the
+                  # attention and feed-forward outputs in another
+                  "attn.to_qkv_mlp_proj", "attn.to_out")
 BLOCK_LISTS = {"transformer_blocks": JOINT_TARGETS, "single_transformer_blocks": SINGLE_TARGETS}
 
 

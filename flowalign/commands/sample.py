@@ -30,6 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-frames", type=int, help="video models only")
     p.add_argument("--image", default=None,
                    help="image-to-video models: the conditioning image (a file), or a .jsonl of prompt/image lines")
+    p.add_argument("--lora", type=Path, default=None, help="a trained adapter folder (e.g. runs/x/lora) to load")
+    p.add_argument("--control", default=None, metavar="LABEL",
+                   help="a CTRL control class to condition on (needs the control file; docs/methods.md)")
+    p.add_argument("--control-file", type=Path, default=None,
+                   help="the control file (default: control.safetensors beside the --lora folder)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help=DEVICE_HELP)
@@ -50,6 +55,8 @@ def read_prompts(prompts: list[str], prompt_file: Path | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
     import torch
 
     from flowalign.models import load_model
@@ -65,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
     extra = {"image": args.image} if args.image is not None else {}
     model = load_model(args.model, device=device, torch_dtype=getattr(torch, args.dtype), **extra)
     geometry = model.resolve_geometry(args.height, args.width, args.num_frames)
+    if args.lora is not None:
+        model.pipeline.load_lora_weights(str(args.lora))
+    control = None
+    if args.control is not None:
+        from flowalign.training.control import control_for_sampling
+
+        control = control_for_sampling(model.transformer, args.control, args.control_file, args.lora)
     use_cfg = model.uses_cfg(args.guidance_scale)
     expanded = [p for p in prompts for _ in range(args.num_per_prompt)]
     seeds = [args.seed + i for i in range(len(expanded))]
@@ -72,9 +86,11 @@ def run(args: argparse.Namespace) -> int:
     for start in range(0, len(expanded), args.batch_size):
         batch_prompts = expanded[start : start + args.batch_size]
         cond = model.encode_prompts(batch_prompts, args.negative_prompt, with_negative=use_cfg)
-        traj = rollout(model, cond, geometry, num_steps=args.steps, dynamics=dynamics, window=window,
-                       generators=make_generators(seeds[start : start + args.batch_size], device),
-                       guidance_scale=args.guidance_scale)
+        requested = control(len(batch_prompts)) if control is not None else contextlib.nullcontext()
+        with requested:
+            traj = rollout(model, cond, geometry, num_steps=args.steps, dynamics=dynamics, window=window,
+                           generators=make_generators(seeds[start : start + args.batch_size], device),
+                           guidance_scale=args.guidance_scale)
         with torch.no_grad():
             pixels.append(model.decode(traj.final, geometry).cpu())
     images = torch.cat(pixels)
@@ -94,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     write_text(args.out / "samples.json", json.dumps({"model": str(args.model), "steps": args.steps,
                                                       "dynamics": dataclasses.asdict(dynamics),
                                                       "guidance_scale": args.guidance_scale,
+                                                      "lora": None if args.lora is None else str(args.lora),
+                                                      "control": args.control,
                                                       "samples": manifest}, indent=2))
     wrote = "samples.json"
     if images.ndim == 4:  # a score manifest (`flowalign reward score --manifest`): one row per image

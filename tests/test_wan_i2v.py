@@ -99,8 +99,10 @@ def test_images_per_prompt_from_a_manifest(tmp_path, pipe, model):
     per_prompt = WanImageToVideoModel(pipe, image=str(manifest), geometry=GEOMETRY)
     assert per_prompt.encode_prompts(PROMPTS[::-1]).tensors["image_index"].tolist() == [0, 1]
     final = ode_final(per_prompt, GEOMETRY, 2)
-    # the first prompt's video is the one the single-image model makes (the PNG round trip is lossless)
-    torch.testing.assert_close(final[0], ode_final(model, GEOMETRY, 2)[0], rtol=0, atol=0)
+    # the first prompt's video is the one the single-image model makes (the PNG round trip is lossless); two model
+    # instances encode the images in different batches, so float32 rounding may differ on another CPU: latents are
+    # O(1), a tolerance of 1e-5 is ~100 ulps and far below any change of image
+    torch.testing.assert_close(final[0], ode_final(model, GEOMETRY, 2)[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="i2v.jsonl has no conditioning image for the prompt 'a cat'"):
         per_prompt.encode_prompts(["a cat"])
 

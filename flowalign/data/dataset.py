@@ -6,6 +6,7 @@ so that it covers ``size`` (aspect kept, bilinear with antialiasing, clamped to 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ def fit_image(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     return resized[:, top : top + height, left : left + width]
 
 
-class ImageDataset:
+class ImageDataset(ABC):
     """``len`` samples, each a prompt, a metadata dict and an image; ``sources[i]`` names where sample ``i`` comes
     from (``manifest:line``) for error messages. Subclasses implement ``load(i)``; ``image_paths`` is None for
     datasets whose images are not files."""
@@ -56,9 +57,9 @@ class ImageDataset:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} samples)"
 
+    @abstractmethod
     def load(self, index: int) -> torch.Tensor:
         """Sample ``index``'s image at its own size, (3, h, w) in [0, 1]."""
-        raise NotImplementedError
 
     def images(self, indices: list[int] | torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
         """(K, 3, H, W) float32 in [0, 1] for ``indices``, each fitted to ``size`` (an int or (height, width))."""

@@ -1,4 +1,5 @@
-"""``flowalign compare RECIPE... --seeds 0 1 2 [--parallel N] [--threads T] [--out DIR] [key=value ...]``."""
+"""``flowalign compare RECIPE... --seeds 0 1 2 [--parallel N] [--threads T] [--out DIR] [--include JSON]
+[key=value ...]``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="OMP/MKL threads per run (default: CPU count // parallel, at least 1)")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    p.add_argument("--include", action="append", default=[], metavar="COMPARE_JSON[:NAME,...]",
+                   help="reuse recipes of an earlier comparison (its compare.json; all of them, or those named) "
+                        "instead of training them again; repeatable")
     p.set_defaults(func=run, overrides=[])
 
 
@@ -46,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     recipes, seeds, overrides = split_inputs(args)
     parallel = args.parallel
     threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) // max(parallel, 1))
-    plan = build_plan(recipes, seeds, args.out, overrides, parallel=parallel, threads=threads)
+    plan = build_plan(recipes, seeds, args.out, overrides, parallel=parallel, threads=threads,
+                      includes=args.include)
     data = run_comparison(plan)
     print(f"wrote {plan.out / 'compare.md'}, compare.html and compare.json")
     if data["failed_runs"]:

@@ -15,11 +15,10 @@ import math
 import statistics
 from collections.abc import Iterable
 
-from flowalign.compare.collect import RunResult
+from flowalign.compare.collect import ACCURACY_ALIAS, RunResult, add_verifier_alias
 from flowalign.compare.plan import ComparePlan
 from flowalign.compare.runner import FINISHED
 
-ACCURACY_KEYS = ("eval/shapes", "eval/reward")
 QUALITY_KEY = "eval/shapes_quality"
 CLAUSES = ("color", "shape", "count", "position", "all_correct")
 COMPONENTS = "num_components"
@@ -55,9 +54,14 @@ def ordered_metrics(keys: Iterable[str], accuracy_key: str) -> list[str]:
 
 
 def accuracy_key(results: list[RunResult]) -> str:
-    """``eval/shapes`` when every finished run has it after training, else ``eval/reward``."""
+    """``eval/shapes`` when every finished run has it after training, or some have it and the others were trained
+    on the verifier alone (their ``eval/reward`` is the same score); else ``eval/reward``."""
+    verifier, reward = ACCURACY_ALIAS
     finished = [r for r in results if r.status == FINISHED]
-    return next((k for k in ACCURACY_KEYS if finished and all(k in r.after for r in finished)), ACCURACY_KEYS[-1])
+    if any(verifier in r.after for r in finished) and all(
+            verifier in r.after or (r.reward_is_verifier and reward in r.after) for r in finished):
+        return verifier
+    return reward
 
 
 def change_stats(before: list[float | None], after: list[float | None]) -> dict:
@@ -102,12 +106,25 @@ def curve_band(runs: list[RunResult], key: str) -> list[dict]:
 
 
 def aggregate(plan: ComparePlan, results: list[RunResult]) -> dict:
-    """The whole comparison as plain data (what compare.json holds and both renderers read)."""
-    acc = accuracy_key(results)
+    """The whole comparison as plain data (what compare.json holds and both renderers read): the recipes trained
+    now, then those reused from earlier comparisons (``plan.included``, marked ``included_from``)."""
+    reused = [run for recipe in plan.included for run in recipe.runs]
+    acc = accuracy_key([*results, *reused])
+    if acc == ACCURACY_ALIAS[0]:
+        for run in (*results, *reused):
+            add_verifier_alias(run)
     recipes = []
     for recipe in plan.recipes:
         runs = [r for r in results if r.recipe == str(recipe)]
         recipes.append(recipe_summary(recipe.stem, str(recipe), runs, acc))
+    for recipe in plan.included:
+        summary = recipe_summary(recipe.name, recipe.recipe, list(recipe.runs), acc)
+        bands = dict(recipe.curves)
+        if acc == ACCURACY_ALIAS[0] and any(r.reward_is_verifier for r in recipe.runs):
+            bands.setdefault(acc, bands.get(ACCURACY_ALIAS[1], []))
+        summary["curves"] = {key: bands.get(key, []) for key in summary["curves"]}
+        summary["included_from"] = recipe.source
+        recipes.append(summary)
     return {"command": plan.command, "out": str(plan.out), "seeds": list(plan.seeds), "std": STD_NOTE,
             "accuracy_key": acc, "quality_key": QUALITY_KEY,
             "failed_runs": sum(len(r["failed"]) for r in recipes), "recipes": recipes}

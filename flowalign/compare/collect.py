@@ -24,6 +24,10 @@ from flowalign.errors import FlowAlignError
 from flowalign.training.metrics import read_metrics
 
 SAMPLES_KEY = "samples/seen"
+#: the verifier, the accuracy every toy comparison reports
+VERIFIER = "shapes"
+#: (the verifier as an eval metric, the run's own reward): the same numbers for a run trained on the verifier alone
+ACCURACY_ALIAS = (f"eval/{VERIFIER}", "eval/reward")
 LOG_TAIL_LINES = 30
 
 
@@ -44,6 +48,8 @@ class RunResult:
     process_s: float | None = None
     error: str | None = None
     log_tail: str | None = None
+    #: trained on the verifier alone: its ``eval/reward`` is the verifier's score (see ``add_verifier_alias``)
+    reward_is_verifier: bool = False
 
 
 def collect_run(run: RunSpec, record: RunRecord) -> RunResult:
@@ -81,6 +87,36 @@ def _read_finished(run_dir: Path, result: RunResult) -> None:
     result.samples_seen = float(samples)
     if summary.get("wall_time_s") is not None:
         result.train_s = float(summary["wall_time_s"])
+    result.reward_is_verifier = trains_on_verifier_alone(reward_weights_of(run_dir / "config.yaml"))
+
+
+def reward_weights_of(config_file: Path) -> dict | None:
+    """``reward.weights`` of a recipe or a run's saved ``config.yaml`` (``base:`` followed); None when the file is
+    missing or does not load."""
+    from flowalign.config import load_config
+    from flowalign.training.config import TrainConfig
+
+    try:
+        return dict(load_config(TrainConfig, config_file).reward.weights)
+    except (FlowAlignError, OSError, ValueError, TypeError):
+        return None
+
+
+def trains_on_verifier_alone(weights: dict | None) -> bool:
+    """Whether the run's reward is the verifier with weight 1, so that its ``eval/reward`` is the verifier's score."""
+    return weights is not None and set(weights) == {VERIFIER} and float(weights[VERIFIER]) == 1.0
+
+
+def add_verifier_alias(result: RunResult) -> None:
+    """A run trained on the verifier alone logs its score as ``eval/reward``; give it the name ``eval/shapes``
+    too (when not logged under it), so that it stands next to runs that train on another reward (reward backprop
+    on ``shapes_soft``) and log the verifier as an extra metric."""
+    if not result.reward_is_verifier:
+        return
+    verifier, reward = ACCURACY_ALIAS
+    for values in (result.before, result.after, *result.curve):
+        if reward in values and verifier not in values:
+            values[verifier] = values[reward]
 
 
 def samples_per_iteration(config_file: Path) -> int:

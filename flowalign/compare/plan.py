@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowalign.config import load_config, parse_override, to_dict
@@ -53,19 +53,30 @@ class ComparePlan:
     threads: int
     overrides: tuple[str, ...]
     runs: tuple[RunSpec, ...]
+    #: ``--include`` specs as given, and the recipes they reuse (``flowalign.compare.include``)
+    include_specs: tuple[str, ...] = ()
+    included: tuple = field(default=())
 
     @property
     def command(self) -> str:
         """The shell command that reruns (or resumes) this comparison."""
         argv = ["flowalign", "compare", *map(str, self.recipes), "--seeds", *map(str, self.seeds),
                 "--parallel", str(self.parallel), "--threads", str(self.threads), "--out", str(self.out),
-                *self.overrides]
+                *(word for spec in self.include_specs for word in ("--include", spec)), *self.overrides]
         return shlex.join(argv)
 
 
 def build_plan(recipes: list[str], seeds: list[int], out: str, overrides: list[str] = (), parallel: int = 1,
-               threads: int = 1) -> ComparePlan:
-    """Check the inputs (``ConfigError`` naming the bad one) and lay out the runs, recipe-major."""
+               threads: int = 1, includes: list[str] = ()) -> ComparePlan:
+    """Check the inputs (``ConfigError`` naming the bad one) and lay out the runs, recipe-major; ``includes``:
+    earlier compare.json files whose recipes are reused, not trained (``flowalign.compare.include``)."""
+    from flowalign.compare.include import check_names, load_included
+
+    included = [recipe for spec in includes for recipe in load_included(spec)]
+    check_names(included, [Path(r).stem for r in recipes])
+    if not recipes and included:
+        return ComparePlan((), tuple(seeds), Path(out), parallel, threads, tuple(overrides), (), tuple(includes),
+                           tuple(included))
     if not recipes:
         raise ConfigError("no recipe given: name at least one YAML recipe, e.g. "
                           "`flowalign compare configs/toy_grpo_guard.yaml --seeds 0 1 2`")
@@ -90,7 +101,8 @@ def build_plan(recipes: list[str], seeds: list[int], out: str, overrides: list[s
                  for r in recipes for s in seeds)
     for run in runs:
         check_run_config(run)
-    return ComparePlan(tuple(map(Path, recipes)), tuple(seeds), Path(out), parallel, threads, tuple(overrides), runs)
+    return ComparePlan(tuple(map(Path, recipes)), tuple(seeds), Path(out), parallel, threads, tuple(overrides), runs,
+                       tuple(includes), tuple(included))
 
 
 def _check_names(paths: list[Path]) -> None:

@@ -10,7 +10,7 @@ import html
 from flowalign.compare.aggregate import STD_NOTE, TIME_NOTE
 from flowalign.compare.render_md import featured_keys
 from flowalign.compare.svg import Plot
-from flowalign.compare.tables import budget_note, headline, label, metric_rows, overview_rows, seed_rows
+from flowalign.compare.tables import budget_note, headline, label, metric_rows, overview_rows, reused_note, seed_rows
 from flowalign.training.report import PALETTE, STYLE, _table
 
 esc = html.escape
@@ -68,7 +68,8 @@ def render_html(data: dict) -> str:
                 "<h2>Reward-hacking frontier</h2>", frontier_chart(data)]
     featured = featured_keys(data)
     for recipe in data["recipes"]:
-        sections += [f"<h2>{esc(recipe['name'])}</h2><p>Recipe <code>{esc(recipe['recipe'])}</code>.</p>",
+        sections += [f"<h2>{esc(recipe['name'])}</h2><p>Recipe <code>{esc(recipe['recipe'])}</code>."
+                     f"{esc(reused_note(recipe))}</p>",
                      "<h3>Held-out metrics over seeds</h3>", _table(metric_rows(recipe)),
                      "<h3>Per seed (before → after)</h3>", _table(seed_rows(recipe, featured))]
         for run in recipe["runs"]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flowalign.compare.aggregate import STD_NOTE, TIME_NOTE
-from flowalign.compare.tables import budget_note, headline, metric_rows, overview_rows, seed_rows
+from flowalign.compare.tables import budget_note, headline, metric_rows, overview_rows, reused_note, seed_rows
 
 
 def md_table(rows: list[dict]) -> str:
@@ -37,7 +37,8 @@ def render_markdown(data: dict) -> str:
         parts.append(f"**{budget_note(data)}**\n")
     featured = featured_keys(data)
     for recipe in data["recipes"]:
-        parts += [f"## {recipe['name']}\n", f"Recipe `{recipe['recipe']}`.\n", "Held-out metrics over seeds:\n",
+        parts += [f"## {recipe['name']}\n", f"Recipe `{recipe['recipe']}`.{reused_note(recipe)}\n",
+                  "Held-out metrics over seeds:\n",
                   md_table(metric_rows(recipe)), "Per seed (before → after):\n",
                   md_table(seed_rows(recipe, featured))]
     failed = [(recipe, run) for recipe in data["recipes"] for run in recipe["runs"] if run["status"] != "finished"]

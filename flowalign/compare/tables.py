@@ -32,13 +32,20 @@ def label(key: str) -> str:
     return key.removeprefix("eval/")
 
 
+def reused_note(recipe: dict) -> str:
+    """For a recipe reused with ``--include``: where its runs came from (empty for one trained here)."""
+    source = recipe.get("included_from")
+    return (f" Reused from `{source}` (not trained in this comparison; its learning curves are that report's "
+            "bands)." if source else "")
+
+
 def overview_rows(data: dict) -> list[dict]:
     """One row per recipe: accuracy and quality, mean before → mean ± std after, their change and worst seed's
     change; samples used and time."""
     acc, quality = data["accuracy_key"], data["quality_key"]
     rows = []
     for recipe in data["recipes"]:
-        row = {"recipe": recipe["name"],
+        row = {"recipe": recipe["name"] + (" (reused)" if recipe.get("included_from") else ""),
                "seeds": f"{len(recipe['finished'])}/{len(recipe['seeds'])}"}
         for key, title in ((acc, f"accuracy ({label(acc)})"), (quality, f"quality ({label(quality)})")):
             m = _metric(recipe, key)

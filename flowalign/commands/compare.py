@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--include", action="append", default=[], metavar="COMPARE_JSON[:NAME,...]",
                    help="reuse recipes of an earlier comparison (its compare.json; all of them, or those named) "
                         "instead of training them again; repeatable")
+    p.add_argument("--reach", default=None, metavar="NAME",
+                   help="also report the samples each recipe needed to reach recipe NAME's final mean accuracy")
     p.set_defaults(func=run, overrides=[])
 
 
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     parallel = args.parallel
     threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) // max(parallel, 1))
     plan = build_plan(recipes, seeds, args.out, overrides, parallel=parallel, threads=threads,
-                      includes=args.include)
+                      includes=args.include, reach=args.reach)
     data = run_comparison(plan)
     print(f"wrote {plan.out / 'compare.md'}, compare.html and compare.json")
     if data["failed_runs"]:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from flowalign.compare.collect import ACCURACY_ALIAS, RunResult, add_verifier_alias
 from flowalign.compare.plan import ComparePlan
+from flowalign.compare.reach import add_reach
 from flowalign.compare.runner import FINISHED
 
 QUALITY_KEY = "eval/shapes_quality"
@@ -125,6 +126,10 @@ def aggregate(plan: ComparePlan, results: list[RunResult]) -> dict:
         summary["curves"] = {key: bands.get(key, []) for key in summary["curves"]}
         summary["included_from"] = recipe.source
         recipes.append(summary)
-    return {"command": plan.command, "out": str(plan.out), "seeds": list(plan.seeds), "std": STD_NOTE,
+    data = {"command": plan.command, "out": str(plan.out), "seeds": list(plan.seeds), "std": STD_NOTE,
             "accuracy_key": acc, "quality_key": QUALITY_KEY,
             "failed_runs": sum(len(r["failed"]) for r in recipes), "recipes": recipes}
+    if plan.reach is not None:
+        runs = {recipe.stem: [r for r in results if r.recipe == str(recipe)] for recipe in plan.recipes}
+        add_reach(data, runs, plan.reach)
+    return data

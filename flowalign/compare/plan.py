@@ -56,27 +56,33 @@ class ComparePlan:
     #: ``--include`` specs as given, and the recipes they reuse (``flowalign.compare.include``)
     include_specs: tuple[str, ...] = ()
     included: tuple = field(default=())
+    #: ``--reach NAME``: report the samples each recipe needed to reach NAME's final accuracy
+    reach: str | None = None
 
     @property
     def command(self) -> str:
         """The shell command that reruns (or resumes) this comparison."""
         argv = ["flowalign", "compare", *map(str, self.recipes), "--seeds", *map(str, self.seeds),
                 "--parallel", str(self.parallel), "--threads", str(self.threads), "--out", str(self.out),
-                *(word for spec in self.include_specs for word in ("--include", spec)), *self.overrides]
+                *(word for spec in self.include_specs for word in ("--include", spec)),
+                *(["--reach", self.reach] if self.reach else []), *self.overrides]
         return shlex.join(argv)
 
 
 def build_plan(recipes: list[str], seeds: list[int], out: str, overrides: list[str] = (), parallel: int = 1,
-               threads: int = 1, includes: list[str] = ()) -> ComparePlan:
+               threads: int = 1, includes: list[str] = (), reach: str | None = None) -> ComparePlan:
     """Check the inputs (``ConfigError`` naming the bad one) and lay out the runs, recipe-major; ``includes``:
-    earlier compare.json files whose recipes are reused, not trained (``flowalign.compare.include``)."""
+    earlier compare.json files whose recipes are reused, not trained (``flowalign.compare.include``); ``reach``:
+    the recipe whose final accuracy the others are timed to (``flowalign.compare.reach``)."""
     from flowalign.compare.include import check_names, load_included
+    from flowalign.compare.reach import check_reach
 
     included = [recipe for spec in includes for recipe in load_included(spec)]
     check_names(included, [Path(r).stem for r in recipes])
+    check_reach(reach, [Path(r).stem for r in recipes] + [r.name for r in included])
     if not recipes and included:
         return ComparePlan((), tuple(seeds), Path(out), parallel, threads, tuple(overrides), (), tuple(includes),
-                           tuple(included))
+                           tuple(included), reach)
     if not recipes:
         raise ConfigError("no recipe given: name at least one YAML recipe, e.g. "
                           "`flowalign compare configs/toy_grpo_guard.yaml --seeds 0 1 2`")
@@ -102,7 +108,7 @@ def build_plan(recipes: list[str], seeds: list[int], out: str, overrides: list[s
     for run in runs:
         check_run_config(run)
     return ComparePlan(tuple(map(Path, recipes)), tuple(seeds), Path(out), parallel, threads, tuple(overrides), runs,
-                       tuple(includes), tuple(included))
+                       tuple(includes), tuple(included), reach)
 
 
 def _check_names(paths: list[Path]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 
 from flowalign.compare.aggregate import STD_NOTE, TIME_NOTE
+from flowalign.compare.reach import reach_note
 from flowalign.compare.render_md import featured_keys
 from flowalign.compare.svg import Plot
 from flowalign.compare.tables import budget_note, headline, label, metric_rows, overview_rows, reused_note, seed_rows
@@ -64,6 +65,7 @@ def render_html(data: dict) -> str:
                 + "".join(f"<li>{esc(headline(r, acc, quality))}</li>" for r in data["recipes"]) + "</ul>",
                 "<h2>Overview</h2>", _table(overview_rows(data)),
                 f"<p><b>{esc(budget_note(data))}</b></p>" if budget_note(data) else "",
+                f"<p>{esc(reach_note(data))}</p>" if reach_note(data) else "",
                 "<h2>Learning curves</h2>", curve_chart(data, acc), curve_chart(data, quality),
                 "<h2>Reward-hacking frontier</h2>", frontier_chart(data)]
     featured = featured_keys(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flowalign.compare.aggregate import STD_NOTE, TIME_NOTE
+from flowalign.compare.reach import reach_note
 from flowalign.compare.tables import budget_note, headline, metric_rows, overview_rows, reused_note, seed_rows
 
 
@@ -35,6 +36,8 @@ def render_markdown(data: dict) -> str:
     parts += ["", "## Overview\n", md_table(overview_rows(data))]
     if budget_note(data):
         parts.append(f"**{budget_note(data)}**\n")
+    if reach_note(data):
+        parts.append(f"{reach_note(data)}\n")
     featured = featured_keys(data)
     for recipe in data["recipes"]:
         parts += [f"## {recipe['name']}\n", f"Recipe `{recipe['recipe']}`.{reused_note(recipe)}\n",

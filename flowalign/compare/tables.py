@@ -39,6 +39,17 @@ def reused_note(recipe: dict) -> str:
             "bands)." if source else "")
 
 
+def reach_cell(reach: dict) -> str:
+    """The mean curve's first evaluation at the target, and how many seeds (with curves) reached it."""
+    text = "not reached" if reach["samples"] is None else fmt(reach["samples"], 0)
+    seeds = reach["seeds"]
+    if seeds:
+        reached = sorted(x for x in seeds.values() if x is not None)
+        text += f" (seeds: {len(reached)}/{len(seeds)} reached" + (
+            f", at {', '.join(fmt(x, 0) for x in reached)})" if reached else ")")
+    return text
+
+
 def overview_rows(data: dict) -> list[dict]:
     """One row per recipe: accuracy and quality, mean before → mean ± std after, their change and worst seed's
     change; samples used and time."""
@@ -52,6 +63,8 @@ def overview_rows(data: dict) -> list[dict]:
             row[f"{title} before → after"] = f"{fmt(m['before'].get('mean'))} → {mean_std(m['after'])}"
             row[f"{title} change (worst seed)"] = (f"{mean_std(m['change'], signed=True)} "
                                                    f"({fmt(m['change'].get('min'), signed=True)})")
+        if "reach" in data:
+            row[f"samples to reach {data['reach']['recipe']}'s final accuracy"] = reach_cell(recipe["reach"])
         row["samples used"] = mean_std(recipe["samples_seen"], 0)
         row["train s"] = mean_std(recipe["train_s"], 1)
         row["process s"] = mean_std(recipe["process_s"], 1)

@@ -204,6 +204,11 @@ def registered_rewards() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def registered_reward(name: str) -> type[RewardModel] | Callable[..., RewardModel] | None:
+    """The class or factory registered under ``name`` (not built), or None when no reward has that name."""
+    return _REGISTRY.get(name)
+
+
 def import_object(path: str) -> Any:
     """Import ``"package.module:Attribute"`` with an error naming the path."""
     module_name, _, attr = path.partition(":")

@@ -21,16 +21,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 from diffusers import QwenImagePipeline
-from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from flowalign.errors import ConfigError
 from flowalign.models.base import Conditioning, FlowModel, Geometry
+from flowalign.models.packed_latents import PackedLatentGeometry
 
 
-class QwenImageModel(FlowModel):
+class QwenImageModel(PackedLatentGeometry, FlowModel):
     family = "qwen_image"
+    size_label = "Qwen-Image"
+    noise_frame_axis = True  # the pipeline draws (B, 1, C, h, w)
     pipeline_class = QwenImagePipeline
 
     def __init__(self, pipeline: QwenImagePipeline, device=None, max_sequence_length: int = 512,
@@ -70,44 +71,12 @@ class QwenImageModel(FlowModel):
         return (embeds * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     # --- latents and schedule --------------------------------------------------------------------
-    def _latent_hw(self, geometry: Geometry) -> tuple[int, int]:
-        multiple = 2 * self.pipeline.vae_scale_factor
-        if geometry.height % multiple or geometry.width % multiple:
-            raise ConfigError(
-                f"Qwen-Image needs height and width divisible by {multiple}, got {geometry.height}x{geometry.width}"
-            )
-        return 2 * (geometry.height // multiple), 2 * (geometry.width // multiple)
-
-    def _latent_channels(self) -> int:
-        return self.transformer.config.in_channels // 4
-
-    def latent_shape(self, geometry: Geometry) -> tuple[int, ...]:
-        h, w = self._latent_hw(geometry)
-        return ((h // 2) * (w // 2), self._latent_channels() * 4)
-
-    def initial_noise(
-        self, geometry: Geometry, generators: torch.Generator | list[torch.Generator] | None = None, batch_size: int = 1
-    ) -> Tensor:
-        """Noise (B, 1, C, h, w) drawn like the pipeline, packed with its ``_pack_latents``."""
-        n = len(generators) if isinstance(generators, list) else batch_size
-        h, w = self._latent_hw(geometry)
-        c = self._latent_channels()
-        noise = randn_tensor((n, 1, c, h, w), generator=generators, device=self.device, dtype=torch.float32)
-        return self.pipeline._pack_latents(noise, n, c, h, w)
-
     def schedule(self, num_steps: int, geometry: Geometry) -> Tensor:
         """The pipeline's σ: linspace(1, 1/N, N) shifted by μ(packed tokens) in the scheduler, then a final 0."""
         if num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
-        config = self.pipeline.scheduler.config
-        mu = calculate_shift(
-            self.latent_shape(geometry)[0],
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        return self._scheduler_sigmas(num_steps, sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+        return self._scheduler_sigmas(num_steps, sigmas=sigmas, mu=self._shift_mu(geometry))
 
     # --- velocity --------------------------------------------------------------------------------
     def velocity(self, x: Tensor, sigma: float | Tensor, cond: Conditioning, geometry: Geometry,
@@ -134,7 +103,7 @@ class QwenImageModel(FlowModel):
 
     def _forward(self, x, timestep, tensors, geometry, guidance_scale):
         batch = x.shape[0]
-        h, w = self._latent_hw(geometry)
+        rows, cols = self._token_grid(geometry)
         mask = tensors["prompt_embeds_mask"]
         length = int(mask.sum(1).max())
         embeds, mask = tensors["prompt_embeds"][:, :length], mask[:, :length]
@@ -147,7 +116,7 @@ class QwenImageModel(FlowModel):
             guidance=guidance,
             encoder_hidden_states=embeds,
             encoder_hidden_states_mask=None if bool(mask.all()) else mask,
-            img_shapes=[[(1, h // 2, w // 2)]] * batch,
+            img_shapes=[[(1, rows, cols)]] * batch,
             return_dict=False,
         )[0]
 
@@ -162,8 +131,7 @@ class QwenImageModel(FlowModel):
     def decode(self, x: Tensor, geometry: Geometry) -> Tensor:
         """Packed tokens → (B, 3, H, W) in [0, 1], denormalised with the VAE's latents mean/std."""
         vae = self.pipeline.vae
-        latents = self.pipeline._unpack_latents(x, geometry.height, geometry.width, self.pipeline.vae_scale_factor)
-        latents = latents.to(vae.dtype)
+        latents = self._unpack(x, geometry).to(vae.dtype)  # (B, C, 1, h, w)
         mean, inv_std = self._latent_normalisation(latents)
         image = vae.decode(latents / inv_std + mean, return_dict=False)[0][:, :, 0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
@@ -173,10 +141,10 @@ class QwenImageModel(FlowModel):
         """(B, 3, H, W) in [0, 1] → packed tokens: (VAE mean − latents_mean)/latents_std, packed. Inverse of
         ``decode`` up to the VAE."""
         self._check_pixels(pixels, geometry, video=False)
-        h, w = self._latent_hw(geometry)
+        self._latent_hw(geometry)  # a bad size fails before the VAE runs
         vae = self.pipeline.vae
         images = (pixels * 2 - 1).to(vae.device, vae.dtype)[:, :, None]  # (B, 3, 1, H, W)
         latents = vae.encode(images).latent_dist.mean
         mean, inv_std = self._latent_normalisation(latents)
         latents = ((latents - mean) * inv_std).float().to(self.device)  # (B, C, 1, h, w)
-        return self.pipeline._pack_latents(latents[:, :, 0], latents.shape[0], latents.shape[1], h, w)
+        return self._pack(latents[:, :, 0], geometry)

@@ -26,7 +26,7 @@ from torch import Tensor
 from flowalign.errors import ConfigError
 from flowalign.models.base import Conditioning, FlowModel, Geometry
 from flowalign.sampling.dynamics import StepResult
-from reward_models.base import _REGISTRY, RewardModel
+from reward_models.base import RewardModel, registered_reward
 
 
 @dataclass
@@ -128,7 +128,7 @@ class DenseProjections:
 def declared_modality(name: str) -> str | None:
     """The modality a registered reward class declares in its class-level ``spec`` (None: set per instance or
     unknown before it is built, e.g. a ``module:Class`` path or a factory)."""
-    target = _REGISTRY.get(name)
+    target = registered_reward(name)
     if not isinstance(target, type):
         return None
     for klass in target.__mro__:

@@ -138,3 +138,19 @@ def test_toy_sft_is_deterministic_and_lazy():
     assert torch.equal(b.images([0, 7], 32), late[[1, 0]])  # exact: the same rendering from the same key
     assert not torch.equal(a.images([6], 32)[0], late[0])  # the prompt's other image is another layout
     assert not torch.equal(ToySFTDataset(seed=4, images_per_prompt=2).images([7], 32)[0], late[0])
+
+
+def test_skip_bad_leaves_bad_lines_out_and_lists_them(tmp_path, images):
+    path = tmp_path / "data.jsonl"
+    first, second = str(images[0]), str(images[1])
+    lines = [{"prompt": "a red circle", "image": first}, {"prompt": "", "image": first},
+             {"prompt": "a blue square", "image": "nope.png"}, {"prompt": "two circles", "image": second}]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(BadInputError, match=r"data.jsonl:2: the prompt is empty"):
+        load_image_dataset(str(path))
+    data = load_image_dataset(str(path), skip_bad=True)
+    assert data.prompts == ["a red circle", "two circles"] and data.sources == [f"{path}:1", f"{path}:4"]
+    assert [s for s, _ in data.skipped] == [f"{path}:2", f"{path}:3"] and "does not exist" in data.skipped[1][1]
+    path.write_text(json.dumps(lines[1]) + "\n")
+    with pytest.raises(BadInputError, match=r"every line was skipped as bad \(1 lines; the first: .*prompt is empty"):
+        load_image_dataset(str(path), skip_bad=True)

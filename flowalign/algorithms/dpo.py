@@ -103,7 +103,7 @@ class DPO(Algorithm):
             super().validate(config)
             from flowalign.data.preference import load_preference_dataset
 
-            self.pairs = load_preference_dataset(config.data.dataset)
+            self.pairs = load_preference_dataset(config.data.dataset, skip_bad=config.data.skip_bad)
             self.pair_rows = self.pairs.pair_indices()
             if not self.pair_rows:
                 raise ConfigError(f"data.dataset {config.data.dataset!r} holds no row with a loser; Diffusion-DPO "

@@ -14,6 +14,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", default=[], help="dotted overrides: section.key=value")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from the newest checkpoint of output_dir (or from the given checkpoint folder)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out data.dataset lines without a prompt/image or with an unreadable image (listed in "
+                        "the log and summary.json) instead of stopping; the same as data.skip_bad=true")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an output_dir that holds another run (deletes its checkpoints and logs)")
     p.set_defaults(func=run)
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from flowalign.training.config import TrainConfig
 
     resume_override(args)
-    config = load_config(TrainConfig, args.config, args.overrides)  # errors here, before any model loads
+    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    config = load_config(TrainConfig, args.config, overrides)  # errors here, before any model loads
     from flowalign.training.trainer import Trainer
 
     summary = Trainer(config, resume=args.resume, overwrite=args.overwrite).run()

@@ -12,10 +12,12 @@ from flowalign.errors import ConfigError
 BUILTIN_DATASETS = ("toy:sft",)
 
 
-def load_image_dataset(spec: str, *, seed: int = 0, images_per_prompt: int | None = None) -> ImageDataset:
+def load_image_dataset(spec: str, *, seed: int = 0, images_per_prompt: int | None = None,
+                       skip_bad: bool = False) -> ImageDataset:
     """A dataset from its spec: the path of a JSONL manifest, or ``"toy:sft"`` (rendered scenes for the toy
     training prompts, ``images_per_prompt`` each (default 4), drawn from ``seed``). ``seed`` and
-    ``images_per_prompt`` only apply to built-in sets."""
+    ``images_per_prompt`` only apply to built-in sets; ``skip_bad`` (manifests) leaves bad lines out and lists them
+    in the dataset's ``skipped``."""
     if spec == "toy:sft":
         from flowalign.toy.sft_data import DEFAULT_IMAGES_PER_PROMPT, ToySFTDataset
 
@@ -28,7 +30,7 @@ def load_image_dataset(spec: str, *, seed: int = 0, images_per_prompt: int | Non
     if not path.is_file():
         raise ConfigError(f"dataset {spec!r} is not a file (expected a JSONL manifest: "
                           f"{', '.join(MANIFEST_SUFFIXES)}) nor a built-in dataset ({', '.join(BUILTIN_DATASETS)})")
-    return ManifestDataset(path)
+    return ManifestDataset(path, skip_bad=skip_bad)
 
 
 __all__ = ["BUILTIN_DATASETS", "ImageDataset", "ManifestDataset", "PreferenceDataset", "fit_image", "load_image_dataset",

@@ -50,6 +50,8 @@ class ImageDataset(ABC):
             raise FlowAlignError(f"dataset {name!r} holds no samples")
         self.name, self.prompts, self.metadata, self.sources = name, prompts, metadata, sources
         self.image_paths = image_paths
+        #: lines left out as bad when read with ``skip_bad`` (``(manifest:line, why)``)
+        self.skipped: list[tuple[str, str]] = []
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -6,7 +6,8 @@ One JSON object per line (blank lines skipped)::
 
 ``image`` is a path relative to the manifest's folder (or absolute), ``metadata`` an optional dict. Lines are
 checked when the manifest is read: invalid JSON, a missing or empty prompt, a missing image file or one that
-cannot be opened as an image raise ``BadInputError`` naming the manifest and the 1-based line; an image whose
+cannot be opened as an image raise ``BadInputError`` naming the manifest and the 1-based line (with
+``skip_bad=True`` such lines are left out and listed in ``skipped`` as ``(manifest:line, why)``); an image whose
 pixels turn out to be corrupt when loaded later is reported the same way. Other keys are ignored (the preference
 format adds its own image keys to this one).
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -24,6 +26,7 @@ from flowalign.data.dataset import ImageDataset
 from reward_models.io_utils import BadInputError, load_image, read_table
 
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson")
+Parsed = TypeVar("Parsed")
 
 
 def row_prompt(row: dict[str, Any], source: str) -> str:
@@ -72,18 +75,35 @@ def manifest_rows(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
+def parse_manifest(path: Path, parse: Callable[[dict[str, Any], Path, str], Parsed], skip_bad: bool
+                   ) -> tuple[list[tuple[str, Parsed]], list[tuple[str, str]]]:
+    """``([(source, parse(row, folder, source))], skipped)`` over the manifest's lines. A line whose ``parse``
+    raises ``BadInputError`` stops the read, or with ``skip_bad`` is left out and listed in ``skipped`` as
+    ``(source, why)``; a manifest with no good line is an error either way."""
+    kept, skipped = [], []
+    for source, row in manifest_rows(path):
+        try:
+            kept.append((source, parse(row, path.parent, source)))
+        except BadInputError as err:
+            if not skip_bad:
+                raise
+            skipped.append((source, str(err)))
+    if not kept:
+        raise BadInputError(f"dataset manifest {str(path)!r}: every line was skipped as bad ({len(skipped)} lines; "
+                            f"the first: {skipped[0][1]})")
+    return kept, skipped
+
+
 class ManifestDataset(ImageDataset):
     """The samples of a JSONL manifest; images are read from disk when asked for (nothing is kept in memory)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, skip_bad: bool = False) -> None:
         path = Path(path)
-        prompts, metadata, sources, images = [], [], [], []
-        for source, row in manifest_rows(path):
-            prompts.append(row_prompt(row, source))
-            images.append(row_image(row, "image", path.parent, source))
-            metadata.append(row_metadata(row, source))
-            sources.append(source)
-        super().__init__(str(path), prompts, metadata, sources, images)
+        kept, skipped = parse_manifest(path, lambda row, base, source: (
+            row_prompt(row, source), row_image(row, "image", base, source), row_metadata(row, source)), skip_bad)
+        prompts, images, metadata = (list(column) for column in zip(*(parsed for _, parsed in kept)))
+        super().__init__(str(path), prompts, metadata, [source for source, _ in kept], images)
+        self.skipped = skipped
 
     def load(self, index: int) -> torch.Tensor:
         try:

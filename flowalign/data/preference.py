@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from flowalign.data.dataset import ImageDataset, fit_image
-from flowalign.data.manifest import manifest_rows, row_image, row_metadata, row_prompt
+from flowalign.data.manifest import parse_manifest, row_image, row_metadata, row_prompt
 from reward_models.io_utils import BadInputError, load_image
 
 WINNER_KEY, LOSER_KEY = "image", "loser"
@@ -42,26 +42,11 @@ class PreferenceDataset(ImageDataset):
 
     def __init__(self, path: str | os.PathLike, *, skip_bad: bool = False) -> None:
         path = Path(path)
-        prompts, metadata, sources, winners, losers = [], [], [], [], []
-        self.skipped: list[tuple[str, str]] = []
-        for source, row in manifest_rows(path):
-            try:
-                prompt, winner, loser, meta = preference_row(row, path.parent, source)
-            except BadInputError as err:
-                if not skip_bad:
-                    raise
-                self.skipped.append((source, str(err)))
-                continue
-            prompts.append(prompt)
-            winners.append(winner)
-            losers.append(loser)
-            metadata.append(meta)
-            sources.append(source)
-        if not prompts:
-            raise BadInputError(f"preference manifest {str(path)!r}: every line was skipped as bad "
-                                f"({len(self.skipped)} lines)")
-        super().__init__(str(path), prompts, metadata, sources, winners)
+        kept, skipped = parse_manifest(path, preference_row, skip_bad)
+        prompts, winners, losers, metadata = (list(column) for column in zip(*(parsed for _, parsed in kept)))
+        super().__init__(str(path), prompts, metadata, [source for source, _ in kept], winners)
         self.loser_paths: list[Path | None] = losers
+        self.skipped = skipped
 
     def pair_indices(self) -> list[int]:
         """Rows that hold a loser (the pairs Diffusion-DPO trains on)."""

@@ -43,12 +43,15 @@ class DataConfig:
     file (``{"prompt": ..., other metadata}`` per line, metadata passed to the rewards). ``dataset``: offline
     examples for methods that train on them (SFT, offline preference methods): a .jsonl manifest of
     ``{"prompt": ..., "image": path relative to the manifest}`` lines, or ``toy:sft`` (rendered, verifier-perfect
-    scenes of the toy training prompts)."""
+    scenes of the toy training prompts). A dataset line without a prompt or image, or whose image cannot be read,
+    is an error naming ``manifest:line``; ``skip_bad: true`` (``flowalign train --skip-bad``) leaves such lines out,
+    warns with their count and lists them in ``summary.json`` (``data_skipped``)."""
 
     train_prompts: str = "toy:train"
     eval_prompts: str = "toy:heldout"
     negative_prompt: str = ""
     dataset: str | None = None
+    skip_bad: bool = False
 
 
 @dataclass

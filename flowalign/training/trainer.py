@@ -79,7 +79,8 @@ class Trainer:
         self.eval_set = load_prompts(config.data.eval_prompts).head(config.eval.max_prompts)
         self.algorithm = build_algorithm(config.algorithm)
         self.algorithm.validate(config)
-        self.dataset = load_dataset(config.data.dataset) if config.data.dataset else None
+        self.dataset = load_dataset(config.data.dataset, config.data.skip_bad) if config.data.dataset else None
+        report_skipped(self.dataset)
         self.reward = reward if reward is not None else build_rewards(config.reward)
         self.eval_metrics = {name: build_reward(name) for name in config.eval.metrics}
         self.accelerator = accelerator or Accelerator()
@@ -442,17 +443,29 @@ class Trainer:
         evals = [h for h in self.history if "eval/reward" in h]
         out = {"iterations": self.iteration, "output_dir": str(self.out), "algorithm": self.config.algorithm.name,
                "samples_seen": self.samples_seen, "wall_time_s": round(self.wall_time_s, 3)}
+        if self.dataset is not None and self.dataset.skipped:
+            out["data_skipped"] = [{"line": source, "why": why} for source, why in self.dataset.skipped]
         if evals:
             out["eval_before"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
             out["eval_after"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
         return out
 
 
-def load_dataset(spec: str):
-    """The offline dataset ``data.dataset`` names (see ``flowalign.data``)."""
+def load_dataset(spec: str, skip_bad: bool = False):
+    """The offline dataset ``data.dataset`` names (see ``flowalign.data``); ``skip_bad`` leaves bad lines out."""
     from flowalign.data import load_image_dataset
 
-    return load_image_dataset(spec)
+    return load_image_dataset(spec, skip_bad=skip_bad)
+
+
+def report_skipped(dataset, shown: int = 5) -> None:
+    """Warn about the dataset lines left out by ``data.skip_bad`` (the first ``shown`` of them, with why)."""
+    if dataset is None or not dataset.skipped:
+        return
+    listed = "; ".join(f"{source}: {why}" for source, why in dataset.skipped[:shown])
+    more = f"; and {len(dataset.skipped) - shown} more" if len(dataset.skipped) > shown else ""
+    warnings.warn(f"data.skip_bad: left out {len(dataset.skipped)} bad line(s) of {dataset.name}: {listed}{more} "
+                  "(all listed in summary.json's data_skipped)", stacklevel=2)
 
 
 def _plain(config: TrainConfig) -> dict:

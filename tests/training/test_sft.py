@@ -91,3 +91,19 @@ def test_a_dataset_with_an_empty_prompt_names_file_and_line(tmp_path):
     dataset = write_dataset(tmp_path / "data", [("a red circle", "red"), ("  ", "blue")])
     with pytest.raises(FlowAlignError, match=r"data.jsonl:2.*prompt"):
         Trainer(sft_config(tmp_path, dataset), model="/nonexistent/pipeline", reward=Redness())
+
+
+def test_skip_bad_leaves_bad_lines_out_warns_and_lists_them_in_the_summary(tmp_path):
+    rows = [("a red circle", "red"), ("  ", "blue"), ("two blue squares", "blue"), ("a green square", "green")]
+    dataset = write_dataset(tmp_path / "data", rows)
+    (tmp_path / "data" / "3.png").write_bytes(b"not an image")
+    config = sft_config(tmp_path, dataset)
+    config.data.skip_bad = True
+    config.iterations = 1
+    with pytest.warns(UserWarning, match=r"left out 2 bad line\(s\).*data.jsonl:2.*data.jsonl:4"):
+        trainer = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness())
+    assert trainer.dataset.prompts == ["a red circle", "two blue squares"]
+    summary = trainer.run()
+    assert [s["line"] for s in summary["data_skipped"]] == [f"{dataset}:2", f"{dataset}:4"]
+    assert "cannot read image" in summary["data_skipped"][1]["why"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["data_skipped"] == summary["data_skipped"]

@@ -178,8 +178,7 @@ class VGPO(GRPOGuard):
         s = trainer.config.sampling
         _, metadata = trainer.iteration_prompts(it)  # what sample_iteration will draw; one entry per sample below
         self._dense = DenseProjections(trainer.model, trainer.reward, trainer.geometry,
-                                       trainer.model.schedule(s.num_steps, trainer.geometry), s.guidance_scale,
-                                       self.config.dense_every, [m for m in metadata for _ in range(s.group_size)])
+                                       trainer.model.schedule(s.num_steps, trainer.geometry), self.config.dense_every, [m for m in metadata for _ in range(s.group_size)])
         return RolloutHooks(on_step=self._dense.on_step)
 
     def advantages(self, rewards: Tensor, trajectory: Trajectory, valid: Tensor) -> Tensor:

@@ -66,12 +66,13 @@ class RolloutHooks:
     ``mean_shift(i, x, sigma, sigma_next, cond) -> Tensor | None``, on stochastic steps only: a shift added to
     step i's sample, which becomes μ + shift + s·ε (e.g. a reward gradient, Euphonium's guidance); the recorded
     log-prob and mean stay those of the unguided policy, log π(x' | x) under μ, so the trained policy is the
-    unguided one. ``cond`` has one row per row of ``x``. ``on_step(i, x, result, cond)``: called after every step
-    with its input and its ``StepResult`` (per-step evaluation, e.g. one-step x̂0 projections to score).
+    unguided one. ``cond`` has one row per row of ``x``. ``on_step(i, x, result, cond, velocity)``: called after
+    every step with its input x, its ``StepResult``, and the velocity v(x, σ_i) the step used (with the rollout's
+    guidance; per-step evaluation, e.g. one-step x̂0 projections to score, without another transformer call).
     """
 
     mean_shift: Callable[[int, Tensor, Tensor, Tensor, Conditioning], Tensor | None] | None = None
-    on_step: Callable[[int, Tensor, StepResult, Conditioning], None] | None = None
+    on_step: Callable[[int, Tensor, StepResult, Conditioning, Tensor], None] | None = None
 
 
 def make_generators(seeds: list[int] | range, device: str | torch.device = "cpu") -> list[torch.Generator]:
@@ -130,7 +131,7 @@ def rollout(
             if shift is not None:  # the guided sample, scored under the unguided mean
                 result = step(dynamics, v, x, sigmas[i], sigmas[i + 1], prev_sample=result.sample + shift)
         if hooks is not None and hooks.on_step is not None:
-            hooks.on_step(i, x, result, rows_cond)
+            hooks.on_step(i, x, result, rows_cond, v)
         records.append(result)
         x = result.sample
         latents.append(x)

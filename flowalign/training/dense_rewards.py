@@ -5,11 +5,12 @@ projects the new latent to a clean sample with one Euler step of the current pol
 
     x̂0 = x' − σ'·v_θ(x', σ', text)            (σ runs 1 = noise → 0 = data; v ≈ ε − x0),
 
-with the rollout's guidance, in one batched forward over the chunk's rows (the whole group at once), and hands
-x̂0 to a worker thread that decodes it and scores it with the training reward, while the rollout goes on
-(the same overlap as the final reward's). ``every``: score every ``every``-th stochastic step of a rollout (1 =
+with the rollout's guidance. v_θ(x', σ') is the velocity the rollout computes anyway for its next step (the whole
+chunk's rows in one batch), so the projection costs no transformer call: it is made when step i + 1 reports its
+velocity. x̂0 goes to a worker thread that decodes it and scores it with the training reward, while the rollout
+goes on (the same overlap as the final reward's). ``every``: score every ``every``-th stochastic step of a rollout (1 =
 all of them); a step ending at σ' = 0 is never projected (x̂0 = x', whose score is the final reward).
-Costs are measured: ``forward_s`` (the projections' transformer calls, on the rollout's thread), ``score_s``
+Costs are measured: ``forward_s`` (the projections' arithmetic on the rollout's thread), ``score_s``
 (decode + reward in the worker, overlapped), ``wait_s`` (time the rollout's thread waited for the worker after
 the rollout ended). The worker keeps only the scores, not the decoded pixels.
 """
@@ -54,35 +55,41 @@ class DenseProjections:
     """
 
     def __init__(self, model: FlowModel, reward: RewardModel, geometry: Geometry, sigmas: Tensor,
-                 guidance_scale: float, every: int, metadata: list[dict] | None = None):
+                 every: int, metadata: list[dict] | None = None):
         if every < 1:
             raise ConfigError(f"dense rewards: every must be >= 1, got {every}")
         self.model, self.reward, self.geometry = model, reward, geometry
         self.sigmas = sigmas.float().cpu()
-        self.guidance_scale, self.every, self.metadata = guidance_scale, every, metadata
+        self.every, self.metadata = every, metadata
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._chunks: list[dict[int, Future]] = []  # per chunk: step -> future of (scores, valid, seconds)
         self._rows: list[int] = []  # rows of each chunk (set at its first stochastic step)
         self._stochastic = 0
+        self._pending: int | None = None  # a step whose x' is projected with the next step's velocity
         self.forward_s = 0.0
 
-    def on_step(self, i: int, x: Tensor, result: StepResult, cond: Conditioning) -> None:
+    def on_step(self, i: int, x: Tensor, result: StepResult, cond: Conditioning, velocity: Tensor) -> None:
         if i == 0:  # a new chunk's rollout starts
             self._chunks.append({})
             self._rows.append(0)
             self._stochastic = 0
+            self._pending = None
+        if self._pending is not None:  # x is the pending step's x', velocity is v(x', σ') with the rollout's guidance
+            self._project(self._pending, x, float(self.sigmas[i]), velocity, cond)
+            self._pending = None
         if not bool((result.std > 0).all()):
             return
         k, self._stochastic = self._stochastic, self._stochastic + 1
         self._rows[-1] = x.shape[0]
-        sigma_next = float(self.sigmas[i + 1])
-        if k % self.every or sigma_next == 0.0:
+        if k % self.every or float(self.sigmas[i + 1]) == 0.0:
             return
+        self._pending = i
+
+    def _project(self, i: int, x: Tensor, sigma: float, velocity: Tensor, cond: Conditioning) -> None:
+        """Score x̂0 = x − σ·v for step ``i`` in the worker."""
         start = time.perf_counter()
         with torch.no_grad():
-            x_next = result.sample
-            x0_hat = x_next - sigma_next * self.model.velocity(x_next, sigma_next, cond, self.geometry,
-                                                               self.guidance_scale)
+            x0_hat = x - sigma * velocity.detach()
         self.forward_s += time.perf_counter() - start
         first = sum(self._rows[:-1])
         meta = self.metadata[first : first + x.shape[0]] if self.metadata is not None else [{}] * x.shape[0]

@@ -36,7 +36,7 @@ from flowalign.algorithms.advantages import group_advantages
 from flowalign.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
 from flowalign.errors import ConfigError
 from flowalign.training.auxiliary import AuxiliaryConfig, AuxiliaryNet, AuxiliaryTrainer
-from flowalign.training.flow_matching import SIGMA_SCHEMES, SigmaSampling, flow_matching_terms, renoise, sample_sigmas
+from flowalign.training.flow_matching import SigmaSamplingFields, flow_matching_terms, renoise, sample_sigmas
 from flowalign.training.reference import reference_velocity
 from flowalign.training.seeding import derived_generator
 
@@ -48,8 +48,9 @@ ADVANTAGES = ("final", "td")
 
 
 @dataclass
-class ACFlowConfig(AlgorithmConfig):
-    """Knobs in the module docstring's order; ``critic_hidden``/``critic_lr``: the critic's width and AdamW lr."""
+class ACFlowConfig(SigmaSamplingFields, AlgorithmConfig):
+    """Knobs in the module docstring's order; ``critic_hidden``/``critic_lr``: the critic's width and AdamW lr;
+    the σ density as ``SigmaSamplingFields``."""
 
     name: str = "ac_flow"
     shaping_clip: float = 3.0
@@ -65,14 +66,10 @@ class ACFlowConfig(AlgorithmConfig):
     temperature: float = 1.0
     w2_weight: float = 0.1
     renoise_per_sample: int = 1
-    sigma_sampling: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
     train_guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        positive = {"shaping_clip": self.shaping_clip, "adv_clip": self.adv_clip, "critic_lr": self.critic_lr,
-                    "logit_std": self.logit_std}
+        positive = {"shaping_clip": self.shaping_clip, "adv_clip": self.adv_clip, "critic_lr": self.critic_lr}
         for key, value in positive.items():
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"algorithm.{key} must be a finite number > 0, got {value}")
@@ -88,9 +85,7 @@ class ACFlowConfig(AlgorithmConfig):
             raise ConfigError(f"algorithm.td_step must lie in (0, 1], got {self.td_step}")
         if not (math.isfinite(self.w2_weight) and self.w2_weight >= 0):
             raise ConfigError(f"algorithm.w2_weight (α) must be a finite number >= 0, got {self.w2_weight}")
-        if self.sigma_sampling not in SIGMA_SCHEMES:
-            raise ConfigError(f"algorithm.sigma_sampling must be one of {', '.join(SIGMA_SCHEMES)}, "
-                              f"got {self.sigma_sampling!r}")
+        self.check_sigma_sampling()
         if not self.train_guidance_scale >= 1:
             raise ConfigError(f"algorithm.train_guidance_scale must be >= 1, got {self.train_guidance_scale}")
 
@@ -168,8 +163,7 @@ class ACFlow(Algorithm):
         reps = cfg.renoise_per_sample
         rows = torch.arange(traj.batch_size).repeat_interleave(reps)
         x0 = traj.final.to(trainer.device)[rows]
-        sampling = SigmaSampling(cfg.sigma_sampling, cfg.logit_mean, cfg.logit_std)
-        sigma = sample_sigmas(len(rows), gen, sampling, device=trainer.device)
+        sigma = sample_sigmas(len(rows), gen, cfg.sigma_density, device=trainer.device)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         advantages, driven = self.advantages(shaped[rows], x0, noise, sigma, text[rows], it)
         weights = exp_weights(advantages, cfg.temperature)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from flowalign.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
 from flowalign.errors import ConfigError
-from flowalign.training.flow_matching import SIGMA_SCHEMES, SigmaSampling, shared_noise_pair
+from flowalign.training.flow_matching import SigmaSamplingFields, shared_noise_pair
 from flowalign.training.preference import preference_update
 from flowalign.training.seeding import derived_generator
 
@@ -41,32 +41,25 @@ SOURCES = ("dataset", "online")
 
 
 def check_preference_knobs(cfg) -> None:
-    """β > 0 and the σ sampling knobs, shared by DPO and SePPO configs (errors name the key)."""
+    """β > 0, batch_size >= 1 and the σ sampling knobs, shared by DPO and SePPO configs (errors name the key)."""
     if not cfg.beta > 0:
         raise ConfigError(f"algorithm.beta must be > 0 (velocity-error units, e.g. 1000), got {cfg.beta}")
-    if cfg.sigma_sampling not in SIGMA_SCHEMES:
-        raise ConfigError(f"algorithm.sigma_sampling must be one of {', '.join(SIGMA_SCHEMES)}, "
-                          f"got {cfg.sigma_sampling!r}")
-    if not cfg.logit_std > 0:
-        raise ConfigError(f"algorithm.logit_std must be > 0, got {cfg.logit_std}")
+    cfg.check_sigma_sampling()
     if cfg.batch_size < 1:
         raise ConfigError(f"algorithm.batch_size must be >= 1, got {cfg.batch_size}")
 
 
 @dataclass
-class DPOConfig(AlgorithmConfig):
+class DPOConfig(SigmaSamplingFields, AlgorithmConfig):
     """``source``: ``dataset`` or ``online``; ``beta``: β (> 0, velocity units); ``batch_size``: pairs per
     iteration and process (offline); ``pairs_per_group``: online pairs per group (None: group_size // 2);
-    ``sigma_sampling``/``logit_mean``/``logit_std``: the training σ density (as SFT)."""
+    the training σ density as ``SigmaSamplingFields``."""
 
     name: str = "dpo"
     source: str = "dataset"
     beta: float = 1000.0
     batch_size: int = 24
     pairs_per_group: int | None = None
-    sigma_sampling: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -126,8 +119,7 @@ class DPO(Algorithm):
             final = traj.final.to(trainer.device)
             prompts, winners, losers = [traj.prompts[i] for i in w.tolist()], final[w], final[lose]
         gen = derived_generator(trainer.config.seed, "dpo-noise", it, trainer.rank)
-        sampling = SigmaSampling(cfg.sigma_sampling, cfg.logit_mean, cfg.logit_std)
-        sigma, noise = (shared_noise_pair(winners, losers, gen, sampling) if len(prompts)
+        sigma, noise = (shared_noise_pair(winners, losers, gen, cfg.sigma_density) if len(prompts)
                         else (winners.new_zeros(0), winners))
         trained = preference_update(trainer, winners, losers, prompts, sigma, noise, cfg.beta, "dpo",
                                     trainer.reference)

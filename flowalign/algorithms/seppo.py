@@ -32,7 +32,7 @@ from flowalign.algorithms.base import Algorithm, AlgorithmConfig, register_algor
 from flowalign.algorithms.dpo import check_preference_knobs
 from flowalign.errors import ConfigError
 from flowalign.sampling import DynamicsConfig, make_generators, rollout
-from flowalign.training.flow_matching import SigmaSampling, shared_noise_pair
+from flowalign.training.flow_matching import SigmaSamplingFields, shared_noise_pair
 from flowalign.training.preference import preference_update
 from flowalign.training.reference import DRAW_RULES, SnapshotPool
 from flowalign.training.seeding import derive_seed, derived_generator
@@ -44,12 +44,12 @@ REFERENCE_SAMPLERS = ("ode", "rollout")
 
 
 @dataclass
-class SePPOConfig(AlgorithmConfig):
+class SePPOConfig(SigmaSamplingFields, AlgorithmConfig):
     """``beta``: β (> 0, velocity units, as DPO); ``batch_size``: winners per iteration and process;
     ``pool_size``: snapshots kept besides the base (>= 1); ``snapshot_every``: iterations between snapshots (>= 1);
     ``reference_draw``: ``uniform``, ``latest`` or ``initial``; ``reference_sampler``: ``ode`` or ``rollout``
     (the run's SDE dynamics on every step); ``criterion``: ``aaf`` (SePPO) or ``dpo``
-    (always push the reference sample away: the ablation without AAF); σ density as SFT."""
+    (always push the reference sample away: the ablation without AAF); σ density as ``SigmaSamplingFields``."""
 
     name: str = "seppo"
     beta: float = 1000.0
@@ -59,9 +59,6 @@ class SePPOConfig(AlgorithmConfig):
     reference_draw: str = "uniform"
     reference_sampler: str = "ode"
     criterion: str = "aaf"
-    sigma_sampling: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
 
     def __post_init__(self) -> None:
         check_preference_knobs(self)
@@ -115,8 +112,7 @@ class SePPO(Algorithm):
         with self.pool.loaded(index):
             samples = self.reference_samples(trainer, prompts, it)
         gen = derived_generator(trainer.config.seed, "seppo-noise", it, trainer.rank)
-        sigma, noise = shared_noise_pair(winners, samples, gen,
-                                         SigmaSampling(cfg.sigma_sampling, cfg.logit_mean, cfg.logit_std))
+        sigma, noise = shared_noise_pair(winners, samples, gen, cfg.sigma_density)
         metrics = {"seppo/reference_index": float(index), "seppo/pool_size": float(len(self.pool))}
         trained = preference_update(trainer, winners, samples, prompts, sigma, noise, cfg.beta, cfg.criterion,
                                     lambda: self.pool.loaded(index))

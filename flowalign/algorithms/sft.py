@@ -22,7 +22,7 @@ import torch
 
 from flowalign.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
 from flowalign.errors import ConfigError
-from flowalign.training.flow_matching import SIGMA_SCHEMES, SigmaSampling, flow_matching_error, sample_sigmas
+from flowalign.training.flow_matching import SigmaSamplingFields, flow_matching_error, sample_sigmas
 from flowalign.training.seeding import derived_generator
 
 if TYPE_CHECKING:
@@ -30,25 +30,17 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SFTConfig(AlgorithmConfig):
-    """``batch_size``: examples per iteration and process (one sample each, for budgets);
-    ``sigma_sampling``: how σ is drawn (``logit_normal``: σ = sigmoid(m + s·n), n ~ N(0, 1), as the toy model's
-    pretraining; ``uniform``), with ``logit_mean``/``logit_std``."""
+class SFTConfig(SigmaSamplingFields, AlgorithmConfig):
+    """``batch_size``: examples per iteration and process (one sample each, for budgets); the σ density
+    (``sigma_sampling``, ``logit_mean``, ``logit_std``) as ``SigmaSamplingFields``."""
 
     name: str = "sft"
     batch_size: int = 48
-    sigma_sampling: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"algorithm.batch_size must be >= 1, got {self.batch_size}")
-        if self.sigma_sampling not in SIGMA_SCHEMES:
-            raise ConfigError(f"algorithm.sigma_sampling must be one of {', '.join(SIGMA_SCHEMES)}, "
-                              f"got {self.sigma_sampling!r}")
-        if self.logit_std <= 0:
-            raise ConfigError(f"algorithm.logit_std must be > 0, got {self.logit_std}")
+        self.check_sigma_sampling()
 
 
 @register_algorithm("sft")
@@ -60,8 +52,7 @@ class SFT(Algorithm):
         cfg, model = self.config, trainer.model
         prompts, pixels, _ = trainer.dataset_batch(cfg.batch_size, it)
         gen = derived_generator(trainer.config.seed, "sft", it, trainer.rank)
-        sigma = sample_sigmas(len(prompts), gen, SigmaSampling(cfg.sigma_sampling, cfg.logit_mean, cfg.logit_std),
-                              device=trainer.device)
+        sigma = sample_sigmas(len(prompts), gen, cfg.sigma_density, device=trainer.device)
         with torch.no_grad():
             x0 = model.encode_pixels(pixels, trainer.geometry)
         noise = torch.randn(x0.shape, generator=gen).to(x0)

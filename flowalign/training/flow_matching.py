@@ -47,6 +47,33 @@ class SigmaSampling:
                               f"max_sigma={self.max_sigma}")
 
 
+@dataclass
+class SigmaSamplingFields:
+    """Mixin for method configs that train on re-noised samples: the training σ density's YAML keys.
+
+    σ runs 1 (noise) → 0 (data). ``sigma_sampling``: ``logit_normal`` (σ = sigmoid(m + s·n), n ~ N(0, 1), m =
+    ``logit_mean``, s = ``logit_std``; the toy model's and SD3's pretraining density) or ``uniform``. The keys
+    stay flat under ``algorithm:``. A config's ``__post_init__`` calls ``check_sigma_sampling()``.
+    """
+
+    sigma_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    def check_sigma_sampling(self) -> None:
+        """Reject an unknown scheme or a logit_std that is not a finite number > 0 (errors name the key)."""
+        if self.sigma_sampling not in SIGMA_SCHEMES:
+            raise ConfigError(f"algorithm.sigma_sampling must be one of {', '.join(SIGMA_SCHEMES)}, "
+                              f"got {self.sigma_sampling!r}")
+        if not (math.isfinite(self.logit_std) and self.logit_std > 0):
+            raise ConfigError(f"algorithm.logit_std must be a finite number > 0, got {self.logit_std}")
+
+    @property
+    def sigma_density(self) -> SigmaSampling:
+        """The configured σ density, as ``sample_sigmas`` and ``shared_noise_pair`` take it."""
+        return SigmaSampling(self.sigma_sampling, self.logit_mean, self.logit_std)
+
+
 def sample_sigmas(n: int, generator: torch.Generator | None, sampling: SigmaSampling = SigmaSampling(),
                   device: str | torch.device = "cpu") -> Tensor:
     """``n`` training σ, (n,) float32 on ``device``, drawn from ``generator`` (on the generator's device)."""

@@ -27,4 +27,5 @@ def run(args: argparse.Namespace) -> int:
 
     defaults = [f"model.path={shipped(TOY_MODEL)}"]
     return train(argparse.Namespace(config=str(shipped(DEMO_RECIPE)), overrides=defaults + list(args.overrides),
-                                    resume="latest" if args.resume else None, overwrite=not args.resume))
+                                    resume="latest" if args.resume else None, overwrite=not args.resume,
+                                    skip_bad=False))

@@ -49,9 +49,10 @@ def test_mean_shift_moves_samples_but_log_probs_stay_the_unguided_policys(sd3_mo
 def test_on_step_sees_every_step_and_none_shift_changes_nothing(sd3_model):
     seen = []
     hooks = RolloutHooks(mean_shift=lambda *args: None,
-                         on_step=lambda i, x, result, cond: seen.append((i, x.shape[0], len(cond))))
+                         on_step=lambda i, x, result, cond, v: seen.append((i, x.shape[0], len(cond), v.shape)))
     traj = _rollout(sd3_model, hooks)
-    assert seen == [(0, 2, 2), (1, 2, 2), (2, 2, 2)]
+    assert [s[:3] for s in seen] == [(0, 2, 2), (1, 2, 2), (2, 2, 2)]
+    assert all(shape == traj.latents[:, 0].shape for *_, shape in seen)  # the velocity each step used
     assert torch.equal(traj.latents, _rollout(sd3_model).latents)  # same ops, same process
 
 

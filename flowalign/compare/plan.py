@@ -80,10 +80,7 @@ def build_plan(recipes: list[str], seeds: list[int], out: str, overrides: list[s
     included = [recipe for spec in includes for recipe in load_included(spec)]
     check_names(included, [Path(r).stem for r in recipes])
     check_reach(reach, [Path(r).stem for r in recipes] + [r.name for r in included])
-    if not recipes and included:
-        return ComparePlan((), tuple(seeds), Path(out), parallel, threads, tuple(overrides), (), tuple(includes),
-                           tuple(included), reach)
-    if not recipes:
+    if not recipes and not included:
         raise ConfigError("no recipe given: name at least one YAML recipe, e.g. "
                           "`flowalign compare configs/toy_grpo_guard.yaml --seeds 0 1 2`")
     missing = [r for r in recipes if not Path(r).is_file()]

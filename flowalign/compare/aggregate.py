@@ -79,6 +79,7 @@ def recipe_summary(name: str, recipe: str, runs: list[RunResult], acc_key: str) 
         before, after = [r.before.get(key) for r in done], [r.after.get(key) for r in done]
         metrics[key] = {"role": metric_role(key, acc_key), "before": stats(before), "after": stats(after),
                         "change": change_stats(before, after)}
+    curve_keys = [key for key in keys if metrics[key]["role"] in ("accuracy", "quality")]
     return {
         "name": name, "recipe": recipe,
         "seeds": [r.seed for r in runs], "finished": [r.seed for r in done],
@@ -87,12 +88,19 @@ def recipe_summary(name: str, recipe: str, runs: list[RunResult], acc_key: str) 
         "samples_seen": stats(r.samples_seen for r in done),
         "train_s": stats(r.train_s for r in done),
         "process_s": stats(r.process_s for r in done),
-        "curves": {key: curve_band(done, key) for key in keys if metrics[key]["role"] in ("accuracy", "quality")},
+        "curves": {key: curve_band(done, key) for key in curve_keys},
         "runs": [{"seed": r.seed, "status": r.status, "run_dir": r.run_dir, "before": r.before, "after": r.after,
                   "samples_seen": r.samples_seen, "train_s": r.train_s, "process_s": r.process_s, "error": r.error,
-                  "log_tail": r.log_tail}
+                  "log_tail": r.log_tail, "curve": curve_rows(r, curve_keys)}
                  for r in runs],
     }
+
+
+def curve_rows(run: RunResult, keys: list[str]) -> list[dict]:
+    """The run's curve restricted to the keys the report draws (what an ``--include`` of this report reads back
+    to recompute bands and per-seed samples-to-reach)."""
+    rows = ({k: v for k, v in row.items() if k in ("samples", "step") or k in keys} for row in run.curve)
+    return [row for row in rows if any(k in row for k in keys)]
 
 
 def curve_band(runs: list[RunResult], key: str) -> list[dict]:
@@ -120,10 +128,13 @@ def aggregate(plan: ComparePlan, results: list[RunResult]) -> dict:
         recipes.append(recipe_summary(recipe.stem, str(recipe), runs, acc))
     for recipe in plan.included:
         summary = recipe_summary(recipe.name, recipe.recipe, list(recipe.runs), acc)
-        bands = dict(recipe.curves)
-        if acc == ACCURACY_ALIAS[0] and any(r.reward_is_verifier for r in recipe.runs):
-            bands.setdefault(acc, bands.get(ACCURACY_ALIAS[1], []))
-        summary["curves"] = {key: bands.get(key, []) for key in summary["curves"]}
+        if not all(r.curve for r in recipe.runs if r.status == FINISHED):
+            # a report without per-seed curves: its bands as they were
+            bands = dict(recipe.curves)
+            if acc == ACCURACY_ALIAS[0] and any(r.reward_is_verifier for r in recipe.runs):
+                bands.setdefault(acc, bands.get(ACCURACY_ALIAS[1], []))
+            summary["curves"] = {key: bands.get(key, []) for key in summary["curves"]}
+            summary["curves_from_bands"] = True
         summary["included_from"] = recipe.source
         recipes.append(summary)
     data = {"command": plan.command, "out": str(plan.out), "seeds": list(plan.seeds), "std": STD_NOTE,
@@ -131,5 +142,6 @@ def aggregate(plan: ComparePlan, results: list[RunResult]) -> dict:
             "failed_runs": sum(len(r["failed"]) for r in recipes), "recipes": recipes}
     if plan.reach is not None:
         runs = {recipe.stem: [r for r in results if r.recipe == str(recipe)] for recipe in plan.recipes}
+        runs.update({recipe.name: list(recipe.runs) for recipe in plan.included})
         add_reach(data, runs, plan.reach)
     return data

@@ -2,9 +2,14 @@
 
 A baseline that was already trained at the same budget (the demo recipe, say) need not be trained again to stand
 next to a new method: its per-seed held-out metrics before and after, samples used and times are read from the
-earlier ``compare.json`` and aggregated with the same code as the runs trained now. Per-seed learning curves are not
-in a ``compare.json``; the earlier report's curve bands (mean, min, max over its seeds) are kept as they were.
-The reports name the file each reused recipe came from.
+earlier ``compare.json`` and aggregated with the same code as the runs trained now, per-seed learning curves included
+(a report keeps each run's accuracy and quality curve; a one-seed band is that seed's curve). From a report without
+per-seed curves, its curve bands (mean, min, max over its seeds) are kept as they were. The reports name the file
+each reused recipe came from.
+
+One recipe may come from several reports when their seeds do not overlap (seed 0 from one comparison, seeds 1 and 2
+from a later one): its runs are pooled and aggregated as if trained together; bands without per-seed curves are
+pooled exactly (n-weighted means, min of mins, max of maxes).
 
 ``SPEC`` is ``PATH`` (every recipe in it) or ``PATH:NAME[,NAME...]`` (those recipes, by the name its report uses).
 """
@@ -69,18 +74,69 @@ def _included(path: Path, recipe: dict) -> IncludedRecipe:
         result = RunResult(recipe["name"], recipe["recipe"], int(run["seed"]), run["status"], run["run_dir"],
                            dict(run["before"]), dict(run["after"]), samples_seen=run["samples_seen"],
                            train_s=run["train_s"], process_s=run["process_s"], error=run.get("error"),
-                           log_tail=run.get("log_tail"), reward_is_verifier=on_verifier)
+                           log_tail=run.get("log_tail"), reward_is_verifier=on_verifier,
+                           curve=[dict(row) for row in run.get("curve", [])])
         runs.append(result)
     curves = {key: list(band) for key, band in recipe.get("curves", {}).items()}
+    if len(runs) == 1 and not runs[0].curve:
+        runs[0].curve = curve_of_one_seed(curves)
     return IncludedRecipe(str(path), recipe["name"], recipe["recipe"], tuple(runs), curves)
 
 
-def check_names(included: list[IncludedRecipe], planned: list[str]) -> None:
-    """A reused recipe may not share its name with a recipe trained now, nor with another reused one."""
-    seen = set(planned)
-    for recipe in included:
-        if recipe.name in seen:
-            raise ConfigError(f"--include {recipe.source}: recipe {recipe.name!r} is also "
-                              f"{'trained in this comparison' if recipe.name in planned else 'included twice'}; "
-                              f"select the others with {recipe.source}:NAME,NAME")
-        seen.add(recipe.name)
+def curve_of_one_seed(curves: dict[str, list[dict]]) -> list[dict]:
+    """The per-seed curve behind bands that each hold one seed (``n == 1`` at every point); else empty."""
+    points = [p for band in curves.values() for p in band]
+    if not points or any(p.get("n") != 1 for p in points):
+        return []
+    rows: dict[float, dict] = {}
+    for key, band in curves.items():
+        for p in band:
+            rows.setdefault(p["samples"], {"samples": p["samples"]})[key] = p["mean"]
+    return [rows[x] for x in sorted(rows)]
+
+
+def merge_included(included: list[IncludedRecipe], planned: list[str]) -> list[IncludedRecipe]:
+    """Reused recipes, those with one name pooled into one (``pool``); none may share a name with a recipe trained now."""
+    pooled = []
+    for name in dict.fromkeys(r.name for r in included):
+        group = [r for r in included if r.name == name]
+        if name in planned:
+            raise ConfigError(f"--include {group[0].source}: recipe {name!r} is also trained in this comparison; "
+                              f"select the others with {group[0].source}:NAME,NAME")
+        pooled.append(group[0] if len(group) == 1 else pool(group))
+    return pooled
+
+
+def pool(group: list[IncludedRecipe]) -> IncludedRecipe:
+    """One recipe from several reports whose seeds are disjoint (``ConfigError`` naming a repeated seed)."""
+    name, sources = group[0].name, [r.source for r in group]
+    seeds = [run.seed for r in group for run in r.runs]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--include: recipe {name!r} is included twice with seed(s) "
+                          f"{', '.join(map(str, repeated))} (from {', '.join(sources)}); pool only reports whose "
+                          f"seeds differ, or select the others with PATH:NAME,NAME")
+    recipes = sorted({r.recipe for r in group})
+    if len(recipes) > 1:
+        raise ConfigError(f"--include: recipe {name!r} comes from different recipe files ({', '.join(recipes)}) in "
+                          f"{', '.join(sources)}; only runs of one recipe can be pooled")
+    runs = tuple(sorted((run for r in group for run in r.runs), key=lambda run: run.seed))
+    curves: dict[str, list[dict]] = {}
+    for recipe in group:
+        curves = {key: pool_bands(curves.get(key, []), recipe.curves.get(key, []))
+                  for key in dict.fromkeys([*curves, *recipe.curves])}
+    return IncludedRecipe(" + ".join(sources), name, recipes[0], runs, curves)
+
+
+def pool_bands(a: list[dict], b: list[dict]) -> list[dict]:
+    """Two curve bands over disjoint seeds as one: at each number of samples, n-weighted mean, min and max."""
+    at: dict[float, dict] = {p["samples"]: dict(p) for p in a}
+    for p in b:
+        q = at.get(p["samples"])
+        if q is None or q.get("mean") is None:
+            at[p["samples"]] = dict(p)
+        elif p.get("mean") is not None:
+            n = q["n"] + p["n"]
+            at[p["samples"]] = {"samples": p["samples"], "n": n, "mean": (q["mean"] * q["n"] + p["mean"] * p["n"]) / n,
+                                "min": min(q["min"], p["min"]), "max": max(q["max"], p["max"])}
+    return [at[x] for x in sorted(at)]

@@ -74,11 +74,11 @@ def build_plan(recipes: list[str], seeds: list[int], out: str, overrides: list[s
     """Check the inputs (``ConfigError`` naming the bad one) and lay out the runs, recipe-major; ``includes``:
     earlier compare.json files whose recipes are reused, not trained (``flowalign.compare.include``); ``reach``:
     the recipe whose final accuracy the others are timed to (``flowalign.compare.reach``)."""
-    from flowalign.compare.include import check_names, load_included
+    from flowalign.compare.include import load_included, merge_included
     from flowalign.compare.reach import check_reach
 
-    included = [recipe for spec in includes for recipe in load_included(spec)]
-    check_names(included, [Path(r).stem for r in recipes])
+    included = merge_included([recipe for spec in includes for recipe in load_included(spec)],
+                           [Path(r).stem for r in recipes])
     check_reach(reach, [Path(r).stem for r in recipes] + [r.name for r in included])
     if not recipes and not included:
         raise ConfigError("no recipe given: name at least one YAML recipe, e.g. "

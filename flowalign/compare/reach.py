@@ -2,7 +2,8 @@
 
 The target is the baseline recipe's mean held-out accuracy after training. For each recipe: the first number of
 samples seen at which its mean accuracy curve (the mean over seeds at each evaluation) is at least the target, and
-per seed (for runs trained in this comparison, whose curves are at hand) the first evaluation at which that seed is.
+per seed (for runs whose curves are at hand: trained in this comparison, or reused from a report that kept them) the
+first evaluation at which that seed is.
 Resolution: the evaluation interval (``eval.every`` iterations); None when the target is never reached. A claim of
 faster convergence reads these next to the curves.
 """
@@ -39,8 +40,8 @@ def reach_note(data: dict) -> str | None:
         return None
     target = "—" if reach["target"] is None else f"{reach['target']:.4f}"
     return (f"Samples to reach: the first evaluation at which the mean {reach['accuracy_key']} over seeds is at least "
-            f"{target}, {reach['recipe']}'s final mean (per seed in brackets, for runs trained here); resolution: "
-            "the evaluation interval.")
+            f"{target}, {reach['recipe']}'s final mean (per seed in brackets, for runs with per-seed curves); "
+            "resolution: the evaluation interval.")
 
 
 def add_reach(data: dict, runs_by_recipe: dict[str, list[RunResult]], name: str) -> None:

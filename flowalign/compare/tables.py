@@ -35,8 +35,10 @@ def label(key: str) -> str:
 def reused_note(recipe: dict) -> str:
     """For a recipe reused with ``--include``: where its runs came from (empty for one trained here)."""
     source = recipe.get("included_from")
-    return (f" Reused from `{source}` (not trained in this comparison; its learning curves are that report's "
-            "bands)." if source else "")
+    if not source:
+        return ""
+    bands = "; its learning curves are that report's bands" if recipe.get("curves_from_bands") else ""
+    return f" Reused from `{source}` (not trained in this comparison{bands})."
 
 
 def reach_cell(reach: dict) -> str:

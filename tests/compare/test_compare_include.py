@@ -36,8 +36,9 @@ def soft_recipe(folder: Path) -> Path:
     return path
 
 
-def compare_fabricated(recipes: list[Path], seeds_values: dict[str, dict], out: Path, includes=()) -> dict:
-    plan = build_plan([str(r) for r in recipes], [0, 1], str(out), includes=list(includes))
+def compare_fabricated(recipes: list[Path], seeds_values: dict[str, dict], out: Path, includes=(),
+                       seeds=(0, 1), reach=None) -> dict:
+    plan = build_plan([str(r) for r in recipes], list(seeds), str(out), includes=list(includes), reach=reach)
     for run in plan.runs:
         before, middle, after = seeds_values[run.name][run.seed]
         fabricate_run(run, before, after, middle, samples=[0, 10, 20])
@@ -130,3 +131,78 @@ def test_bad_includes_fail_before_anything_runs(tmp_path, earlier, spec, message
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="included twice"):
         build_plan([], [0], str(tmp_path / "out"), includes=[str(source), str(source)])
+
+
+def one_seed_report(tmp_path, recipe: Path, seed: int, keep_curves: bool = True) -> Path:
+    """An earlier comparison of ``recipe`` with one seed; without ``keep_curves`` its runs lack per-seed curves (a
+    report written before they were kept)."""
+    out = tmp_path / f"seed-{seed}-report"
+    compare_fabricated([recipe], {"a": BASELINE}, out, seeds=[seed])
+    data = json.loads((out / "compare.json").read_text())
+    if not keep_curves:
+        for run in data["recipes"][0]["runs"]:
+            del run["curve"]
+        (out / "compare.json").write_text(json.dumps(data))
+    return out / "compare.json"
+
+
+@pytest.mark.parametrize("keep_curves", [True, False])
+def test_one_recipe_pooled_from_reports_with_other_seeds_aggregates_as_if_trained_together(
+        tmp_path, earlier, keep_curves):
+    """Seed 0 from one report and seed 1 from another: the same statistics, curve bands and per-run entries as the
+    report that trained both (a one-seed band stands for its seed's curve when the report did not keep curves)."""
+    _, together = earlier
+    recipe = tmp_path / "recipes" / "a.yaml"
+    parts = [one_seed_report(tmp_path, recipe, seed, keep_curves) for seed in (1, 0)]
+    data = compare_fabricated([], {}, tmp_path / "pooled", includes=[str(p) for p in parts])
+    (a,) = data["recipes"]
+    expected = together["recipes"][0]
+    assert a["seeds"] == [0, 1] and a["included_from"] == f"{parts[0]} + {parts[1]}"
+    assert a["metrics"] == expected["metrics"]
+    for key, band in expected["curves"].items():
+        assert [p["samples"] for p in a["curves"][key]] == [p["samples"] for p in band]
+        for got, want in zip(a["curves"][key], band):
+            assert got["n"] == want["n"] and got["mean"] == pytest.approx(want["mean"], rel=1e-12)
+            assert (got["min"], got["max"]) == (want["min"], want["max"])
+    if keep_curves:  # everything but the folders they were trained in
+        assert [{**r, "run_dir": None} for r in a["runs"]] == [{**r, "run_dir": None} for r in expected["runs"]]
+
+
+def test_per_seed_reach_for_reused_runs_with_curves(tmp_path, earlier):
+    source, _ = earlier
+    data = compare_fabricated([soft_recipe(tmp_path / "recipes")], {"soft": SOFT}, tmp_path / "now",
+                              includes=[str(source)], reach="a")
+    assert data["reach"]["target"] == pytest.approx(0.47)  # the baseline's final mean
+    soft, a = data["recipes"]
+    # the baseline's mean (0.45 + 0.41) / 2 = 0.43 at 10 and 0.47 at 20; seed 0 reaches at 20, seed 1 never
+    assert a["reach"] == {"samples": 20.0, "seeds": {"0": 20.0, "1": None}}
+    assert soft["reach"]["samples"] is None
+
+
+def test_pooled_bands_equal_the_band_over_all_seeds():
+    from flowalign.compare.aggregate import curve_band
+    from flowalign.compare.collect import RunResult
+    from flowalign.compare.include import pool_bands
+
+    runs = [RunResult("a", "a.yaml", seed, "finished", "", curve=[{"samples": 0.0, "k": 0.1 * seed},
+                                                                  {"samples": 10.0, "k": 0.3 + seed}])
+            for seed in range(3)]
+    runs[2].curve.append({"samples": 20.0, "k": 0.9})  # evaluated once more than the others
+    pooled = pool_bands(curve_band(runs[:2], "k"), curve_band(runs[2:], "k"))
+    whole = curve_band(runs, "k")
+    assert [(p["samples"], p["n"], p["min"], p["max"]) for p in pooled] == [
+        (p["samples"], p["n"], p["min"], p["max"]) for p in whole]
+    assert [p["mean"] for p in pooled] == pytest.approx([p["mean"] for p in whole], rel=1e-12)
+
+
+def test_pooling_refuses_a_seed_given_twice_or_two_recipe_files(tmp_path, earlier):
+    source, _ = earlier
+    recipe = tmp_path / "recipes" / "a.yaml"
+    with pytest.raises(ConfigError, match=r"recipe 'a' is included twice with seed\(s\) 1"):
+        build_plan([], [0], str(tmp_path / "out"), includes=[str(source), str(one_seed_report(tmp_path, recipe, 1))])
+    other = json.loads(one_seed_report(tmp_path, recipe, 0).read_text())
+    other["recipes"][0]["recipe"] = str(tmp_path / "elsewhere" / "a.yaml")
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="comes from different recipe files"):
+        build_plan([], [0], str(tmp_path / "out"), includes=[str(one_seed_report(tmp_path, recipe, 1)), str(moved)])

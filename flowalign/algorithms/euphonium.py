@@ -134,7 +134,6 @@ class Euphonium(GRPOGuard):
         self._shifts: list[dict[int, Tensor]] = []  # per rollout chunk: step -> shift (rows, ...)
         self._shift_norms: list[float] = []
         self._outcome = self._process = self._traj = self._rewards = None
-        self._pairs = iter(())
 
     # ------------------------------------------------------------------------------------------- guidance
     def rollout_hooks(self, trainer: Trainer, it: int) -> RolloutHooks | None:
@@ -206,16 +205,12 @@ class Euphonium(GRPOGuard):
         return self._outcome[:, None].abs() + self._process.abs()
 
     # ----------------------------------------------------------------------------------------------- loss
-    def optimizer_step(self, trainer, traj, cond, advantages, samples, steps, totals, counts, old=None) -> bool:
-        # loss() sees the micro-batches in this order and needs their sample indices (PolicyBatch has none)
-        self._pairs = iter(list(trainer.micro_batches(samples, steps)))
-        return super().optimizer_step(trainer, traj, cond, advantages, samples, steps, totals, counts, old)
-
     def loss(self, batch: PolicyBatch) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.config
-        s, t = next(self._pairs)
-        if not torch.equal(t.to(batch.step_idx.device), batch.step_idx):
-            raise RuntimeError("euphonium: the micro-batch order differs from Trainer.micro_batches")
+        if batch.sample_idx is None:
+            raise ValueError("euphonium: PolicyBatch.sample_idx is None; its per-sample advantages and guidance "
+                             "shifts need the trajectory row of each pair")
+        s, t = batch.sample_idx.cpu(), batch.step_idx.cpu()
         if cfg.advantages == "both":
             device = batch.advantages.device
             batch = replace(batch, advantages=self._outcome[s].to(device))

@@ -38,7 +38,9 @@ class PolicyBatch:
     ``new``: StepResult of the current policy (mean (K, ...) with grad, std (K,), log_prob (K,), sample = x').
     ``old_mean`` (K, ...), ``old_log_prob`` (K,): from the rollout. ``advantages`` (K,).
     ``ref_mean`` (K, ...) or None: reference policy's mean (for KL). ``sigma``/``sigma_next`` (K,).
-    ``step_idx`` (K,): which sampling step each pair is (for per-step statistics).
+    ``step_idx`` (K,): which sampling step each pair is (for per-step statistics). ``sample_idx`` (K,): which
+    rollout sample (trajectory row) each pair is, for methods that keep per-sample tables; None in batches built
+    outside the trainer.
     """
 
     new: StepResult
@@ -50,6 +52,7 @@ class PolicyBatch:
     step_idx: Tensor
     reduction: str
     ref_mean: Tensor | None = None
+    sample_idx: Tensor | None = None
 
 
 class PolicyGradient(Algorithm):
@@ -170,7 +173,8 @@ class PolicyGradient(Algorithm):
             step_idx = t.to(trainer.device)
             batch = PolicyBatch(new=new, old_mean=old_mean, old_log_prob=old_log_prob,
                                 advantages=adv.to(trainer.device), sigma=sig[step_idx], sigma_next=sig[step_idx + 1],
-                                step_idx=t, reduction=trainer.dynamics.log_prob_reduction, ref_mean=ref_mean)
+                                step_idx=t, reduction=trainer.dynamics.log_prob_reduction, ref_mean=ref_mean,
+                                sample_idx=s)
             loss, metrics = self.loss(batch)
             if not torch.isfinite(loss):
                 finite = False

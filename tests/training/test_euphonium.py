@@ -106,6 +106,8 @@ def test_the_distillation_term_is_the_velocity_change_of_the_guided_mean(tmp_pat
     assert float(algorithm.distillation(batch(guided_mean), rows, steps)) < 1e-8
     by_hand = ((lam * grad / c) ** 2).flatten(1).mean(1).mean()  # ‖v_θ − (v_old + δv)‖² at v_θ = v_old
     torch.testing.assert_close(algorithm.distillation(batch(mean), rows, steps), by_hand, rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="sample_idx is None"):  # its tables are per trajectory row
+        algorithm.loss(batch(mean))
 
 
 @pytest.mark.parametrize("mode", ["process", "both"])

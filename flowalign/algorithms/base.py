@@ -68,6 +68,13 @@ class Algorithm(ABC):
             raise ConfigError(f"algorithm {config.algorithm.name!r} trains on an offline dataset: set "
                               "data.dataset (a .jsonl manifest of prompt/image lines, or toy:sft)")
 
+    def load_dataset(self, config: TrainConfig):
+        """The offline dataset ``data.dataset`` names, read once before any model loads (the trainer's
+        ``dataset``): an image manifest or built-in set here; a method that needs more of each row overrides it."""
+        from flowalign.data import load_image_dataset
+
+        return load_image_dataset(config.data.dataset, skip_bad=config.data.skip_bad)
+
     def setup(self, trainer: Trainer) -> None:
         """Build extra networks and state once the model, adapter and optimizer exist (before a resume)."""
 

@@ -94,15 +94,21 @@ class DPO(Algorithm):
     def validate(self, config: TrainConfig) -> None:
         if self.config.source == "dataset":
             super().validate(config)
-            from flowalign.data.preference import load_preference_dataset
-
-            self.pairs = load_preference_dataset(config.data.dataset, skip_bad=config.data.skip_bad)
-            self.pair_rows = self.pairs.pair_indices()
-            if not self.pair_rows:
-                raise ConfigError(f"data.dataset {config.data.dataset!r} holds no row with a loser; Diffusion-DPO "
-                                  "needs pairs (use sft or seppo for winner-only data)")
         if not config.lora.enabled:
             raise ConfigError("dpo's reference is the base model (the adapter disabled): set lora.enabled: true")
+
+    def load_dataset(self, config: TrainConfig):
+        """``source: dataset``: the preference manifest (winners and losers), with at least one pair."""
+        if self.config.source != "dataset":
+            return super().load_dataset(config)
+        from flowalign.data.preference import load_preference_dataset
+
+        pairs = load_preference_dataset(config.data.dataset, skip_bad=config.data.skip_bad)
+        self.pair_rows = pairs.pair_indices()
+        if not self.pair_rows:
+            raise ConfigError(f"data.dataset {config.data.dataset!r} holds no row with a loser; Diffusion-DPO "
+                              "needs pairs (use sft or seppo for winner-only data)")
+        return pairs
 
     def train_iteration(self, trainer: Trainer, it: int) -> dict[str, float]:
         cfg, model = self.config, trainer.model
@@ -135,8 +141,9 @@ class DPO(Algorithm):
         order = torch.cat([torch.randperm(len(rows), generator=gen) for _ in range(-(-n // len(rows)))])[:n]
         index = [rows[i] for i in order.tolist()]
         size = (trainer.geometry.height, trainer.geometry.width)
-        pixels = torch.cat([self.pairs.images(index, size), self.pairs.losers(index, size)]).to(trainer.device)
+        pairs = trainer.dataset
+        pixels = torch.cat([pairs.images(index, size), pairs.losers(index, size)]).to(trainer.device)
         trainer.count_samples(2 * n)
         with torch.no_grad():
             latents = trainer.model.encode_pixels(pixels, trainer.geometry)
-        return [self.pairs.prompts[i] for i in index], latents[:n], latents[n:]
+        return [pairs.prompts[i] for i in index], latents[:n], latents[n:]

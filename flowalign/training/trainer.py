@@ -79,7 +79,7 @@ class Trainer:
         self.eval_set = load_prompts(config.data.eval_prompts).head(config.eval.max_prompts)
         self.algorithm = build_algorithm(config.algorithm)
         self.algorithm.validate(config)
-        self.dataset = load_dataset(config.data.dataset, config.data.skip_bad) if config.data.dataset else None
+        self.dataset = self.algorithm.load_dataset(config) if config.data.dataset else None
         report_skipped(self.dataset)
         self.reward = reward if reward is not None else build_rewards(config.reward)
         self.eval_metrics = {name: build_reward(name) for name in config.eval.metrics}
@@ -449,13 +449,6 @@ class Trainer:
             out["eval_before"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
             out["eval_after"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
         return out
-
-
-def load_dataset(spec: str, skip_bad: bool = False):
-    """The offline dataset ``data.dataset`` names (see ``flowalign.data``); ``skip_bad`` leaves bad lines out."""
-    from flowalign.data import load_image_dataset
-
-    return load_image_dataset(spec, skip_bad=skip_bad)
 
 
 def report_skipped(dataset, shown: int = 5) -> None:

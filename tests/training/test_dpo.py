@@ -52,7 +52,7 @@ def dpo_config(tmp_path, dataset=None, **algorithm):
 
 def fixed_pairs(trainer):
     """The manifest's pairs as latents, with one fixed σ and noise per pair."""
-    data = trainer.algorithm.pairs
+    data = trainer.dataset
     rows = data.pair_indices()
     with torch.no_grad():
         w = trainer.model.encode_pixels(data.images(rows, (32, 32)), trainer.geometry)
@@ -78,10 +78,17 @@ def test_at_policy_equal_reference_the_loss_is_log2_and_its_gradient_lowers_the_
     torch.testing.assert_close(policy_l.grad, torch.full((2,), -beta / 2), rtol=1e-6, atol=0)
 
 
-def test_dpo_on_the_tiny_model_starts_at_log2_and_one_update_lowers_the_loss_on_its_pairs(tmp_path):
+def test_dpo_on_the_tiny_model_starts_at_log2_and_one_update_lowers_the_loss_on_its_pairs(tmp_path, monkeypatch):
     dataset = write_pairs(tmp_path / "data", PAIRS)
     config = dpo_config(tmp_path, dataset, beta=200.0)
+    import flowalign.data.preference as preference
+
+    reads = []
+    parse = preference.parse_manifest
+    monkeypatch.setattr(preference, "parse_manifest", lambda *a, **k: reads.append(a[0]) or parse(*a, **k))
     trainer = Trainer(config, model=tiny_sd3_pipeline(seed=0), reward=Redness())
+    # the trainer's dataset is the preference manifest, read once (winners and losers)
+    assert isinstance(trainer.dataset, preference.PreferenceDataset) and len(reads) == 1
     pairs = fixed_pairs(trainer)
     with torch.no_grad():
         start = terms(trainer, *pairs, beta=200.0)

@@ -48,7 +48,7 @@ def test_implicit_accuracy_is_one_half_at_the_base_and_rises_with_dpo_on_one_tab
                             noise_draws=2)
     from_disk = evaluate_preferences({"policy": loaded}, manifest, progress=False)
     assert from_disk.rewards["policy"].accuracy == 1.0
-    images = trainer.algorithm.pairs.images([0, 1], (32, 32))
+    images = trainer.dataset.images([0, 1], (32, 32))
     with trainer.evaluated_weights():
         expected = implicit(images, ["a red circle", "two blue squares"]).scores
     # same weights, written to safetensors and read back: equal up to float32 rounding of the loaded pipeline's ops

@@ -91,7 +91,8 @@ def recipe_summary(name: str, recipe: str, runs: list[RunResult], acc_key: str) 
         "curves": {key: curve_band(done, key) for key in curve_keys},
         "runs": [{"seed": r.seed, "status": r.status, "run_dir": r.run_dir, "before": r.before, "after": r.after,
                   "samples_seen": r.samples_seen, "train_s": r.train_s, "process_s": r.process_s, "error": r.error,
-                  "log_tail": r.log_tail, "curve": curve_rows(r, curve_keys)}
+                  "log_tail": r.log_tail, "reward_is_verifier": r.reward_is_verifier,
+                  "curve": curve_rows(r, curve_keys)}
                  for r in runs],
     }
 

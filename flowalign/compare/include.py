@@ -65,6 +65,7 @@ def load_included(spec: str) -> list[IncludedRecipe]:
 
 
 def _included(path: Path, recipe: dict) -> IncludedRecipe:
+    # reports written before runs kept it: read from the recipe file as it is now
     on_verifier = trains_on_verifier_alone(reward_weights_of(Path(recipe["recipe"])))
     runs = []
     for run in recipe["runs"]:
@@ -74,7 +75,8 @@ def _included(path: Path, recipe: dict) -> IncludedRecipe:
         result = RunResult(recipe["name"], recipe["recipe"], int(run["seed"]), run["status"], run["run_dir"],
                            dict(run["before"]), dict(run["after"]), samples_seen=run["samples_seen"],
                            train_s=run["train_s"], process_s=run["process_s"], error=run.get("error"),
-                           log_tail=run.get("log_tail"), reward_is_verifier=on_verifier,
+                           log_tail=run.get("log_tail"),
+                           reward_is_verifier=bool(run.get("reward_is_verifier", on_verifier)),
                            curve=[dict(row) for row in run.get("curve", [])])
         runs.append(result)
     curves = {key: list(band) for key, band in recipe.get("curves", {}).items()}

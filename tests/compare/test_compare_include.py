@@ -87,6 +87,16 @@ def test_the_verifier_is_the_accuracy_when_the_baseline_trained_on_it_alone(tmp_
     assert a["curves"]["eval/shapes"] == json.loads(source.read_text())["recipes"][0]["curves"]["eval/reward"]
 
 
+def test_a_reused_run_keeps_the_reward_it_was_trained_on_when_its_recipe_file_changes(tmp_path, earlier):
+    source, _ = earlier
+    recipe = tmp_path / "recipes" / "a.yaml"  # edited after the earlier comparison: another reward now
+    recipe.write_text(recipe.read_text() + "reward: {weights: {shapes_soft: 1.0}}\n")
+    data = compare_fabricated([soft_recipe(tmp_path / "recipes")], {"soft": SOFT}, tmp_path / "now",
+                              includes=[str(source)])
+    assert data["accuracy_key"] == "eval/shapes"
+    assert data["recipes"][1]["metrics"]["eval/shapes"]["after"]["mean"] == pytest.approx(0.47)
+
+
 def test_a_reward_that_is_not_the_verifier_is_never_renamed(tmp_path):
     """Without eval/shapes in every run, the accuracy falls back to eval/reward and nothing is aliased."""
     recipes = [soft_recipe(tmp_path / "recipes"), write_recipe(tmp_path / "recipes", "a")]

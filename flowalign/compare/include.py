@@ -98,7 +98,7 @@ def curve_of_one_seed(curves: dict[str, list[dict]]) -> list[dict]:
 
 
 def merge_included(included: list[IncludedRecipe], planned: list[str]) -> list[IncludedRecipe]:
-    """Reused recipes, those with one name pooled into one (``pool``); none may share a name with a recipe trained now."""
+    """Reused recipes, those of one name pooled into one (``pool``); none may share a name with one trained now."""
     pooled = []
     for name in dict.fromkeys(r.name for r in included):
         group = [r for r in included if r.name == name]
